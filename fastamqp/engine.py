@@ -1,0 +1,34 @@
+"""Which engine runs: the C extension or the pure-Python reference.
+
+``FASTAMQP_PUREPYTHON=1`` in the environment at import time forces the pure-Python
+engine. Otherwise the C extension is used; if it was built but cannot be imported, that
+is a broken install, and we say so loudly (a warning naming the import error) instead of
+running slowly without anyone noticing.
+"""
+import os
+import warnings
+
+from fastamqp._pure import codec as py_codec
+
+PUREPYTHON = os.environ.get("FASTAMQP_PUREPYTHON", "").strip().lower() in (
+    "1", "true", "yes", "on")
+
+c_codec = None
+c_import_error = None
+if not PUREPYTHON:
+    try:
+        from fastamqp import _core as c_codec
+    except ImportError as exc:  # not built (pure install) or broken
+        c_import_error = exc
+        warnings.warn(
+            f"fastamqp: the C extension is not available ({exc}); running the "
+            f"pure-Python engine, which is several times slower. Set "
+            f"FASTAMQP_PUREPYTHON=1 to choose it explicitly.",
+            RuntimeWarning, stacklevel=2)
+
+codec = c_codec if c_codec is not None else py_codec
+
+
+def engine_name():
+    """'c' when the C fast path is active, 'python' for the pure-Python engine."""
+    return codec.IMPLEMENTATION

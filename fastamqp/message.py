@@ -1,0 +1,150 @@
+"""What a decoded oslo.messaging AMQP message is, and the rules that classify it.
+
+Both codecs (C in ``_core``, pure Python in ``_pure.codec``) pull the same raw parts out
+of Proton -- properties, header ttl, the body section -- and hand them to :func:`build`,
+so the rules for what counts as a request, a reply or a call-monitor heartbeat, and the
+errors for what does not, are written once.
+
+Wire format (REFERENCE §3.8): one amqp-value section holding the UTF-8 JSON text of
+``{"request": ..., "context": ..., ["call_monitor_timeout": ...]}`` for RPC requests and
+notifications, ``{"response": ...}`` or ``{"failure": "<json>"}`` for replies, and no body
+at all for a heartbeat. A msgpack body (``serializer = msgpack``) travels in a data section
+with content-type ``application/msgpack``.
+"""
+from fastamqp.exceptions import CodecError
+
+REQUEST = "request"        # RPC call/cast or notification
+REPLY = "reply"            # RPC reply: response or failure
+HEARTBEAT = "heartbeat"    # call-monitor keepalive: correlation-id, no body
+
+# Refuse to decode anything larger: a peer (or a bug) must not make a listener
+# allocate without bound. RabbitMQ 4 defaults to 16 MiB, qpidd has no limit.
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+# oslo.messaging's notification envelope (oslo_messaging/_drivers/common.py)
+ENVELOPE_VERSION_KEY = "oslo.version"
+ENVELOPE_MESSAGE_KEY = "oslo.message"
+ENVELOPE_VERSION = "2.0"
+
+# pn_millis_t is 32 bits: the longest ttl the header can carry.
+MAX_TTL_MS = 0xFFFFFFFF
+
+
+class DecodedMessage:
+    """One message from the wire, as the driver needs it.
+
+    ``ttl`` is in seconds (header ttl / 1000) and ``expiry_time`` in seconds since the
+    epoch (properties absolute-expiry-time / 1000); both are None when absent.
+    """
+
+    __slots__ = ("kind", "address", "reply_to", "message_id", "correlation_id", "ttl",
+                 "expiry_time", "content_type", "serializer", "request", "context",
+                 "call_monitor_timeout", "enveloped", "response", "failure")
+
+    def __init__(self, kind, address, reply_to, message_id, correlation_id, ttl,
+                 expiry_time, content_type, serializer):
+        self.kind = kind
+        self.address = address
+        self.reply_to = reply_to
+        self.message_id = message_id
+        self.correlation_id = correlation_id
+        self.ttl = ttl
+        self.expiry_time = expiry_time
+        self.content_type = content_type
+        self.serializer = serializer
+        self.request = None
+        self.context = None
+        self.call_monitor_timeout = None
+        self.enveloped = False
+        self.response = None
+        self.failure = None
+
+    def as_dict(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __eq__(self, other):
+        if not isinstance(other, DecodedMessage):
+            return NotImplemented
+        return self.as_dict() == other.as_dict()
+
+    def __repr__(self):
+        # Never the body: contexts carry auth tokens, and reprs end up in logs.
+        return (f"<DecodedMessage {self.kind} to={self.address!r} "
+                f"id={self.message_id!r} correlation_id={self.correlation_id!r}>")
+
+
+def envelope(inner_json):
+    """oslo's 2.0 notification envelope around the message's JSON text."""
+    return {ENVELOPE_VERSION_KEY: ENVELOPE_VERSION, ENVELOPE_MESSAGE_KEY: inner_json}
+
+
+def _unwrap_envelope(request, loads_json):
+    # The same rule as oslo's deserialize_msg: only a dict with both keys is an
+    # envelope; its major version must match and its minor must not be newer.
+    if not (isinstance(request, dict) and ENVELOPE_VERSION_KEY in request
+            and ENVELOPE_MESSAGE_KEY in request):
+        return request, False
+    version = request[ENVELOPE_VERSION_KEY]
+    try:
+        major, minor = (int(part) for part in str(version).split("."))
+    except ValueError:
+        raise CodecError(f"message envelope has an invalid version {version!r}") from None
+    if major != 2 or minor > 0:
+        raise CodecError(f"unsupported message envelope version {version!r} "
+                         f"(this driver reads {ENVELOPE_VERSION})")
+    inner = request[ENVELOPE_MESSAGE_KEY]
+    if not isinstance(inner, str):
+        raise CodecError("message envelope's 'oslo.message' is not a JSON string")
+    return loads_json(inner), True
+
+
+def build(address, reply_to, message_id, correlation_id, ttl_ms, expiry_ms,
+          content_type, serializer, has_body, body, loads_json):
+    """Classify a decoded body and check the fields each kind needs."""
+    msg = DecodedMessage(
+        None, address, reply_to, message_id, correlation_id,
+        ttl_ms / 1000.0 if ttl_ms else None,
+        expiry_ms / 1000.0 if expiry_ms else None,
+        content_type, serializer)
+    if not has_body:
+        if correlation_id is None:
+            raise CodecError("message has no body and no correlation-id: it is neither "
+                             "a request, a reply nor a call-monitor heartbeat")
+        msg.kind = HEARTBEAT
+        return msg
+    if not isinstance(body, dict):
+        raise CodecError(f"message body is a {type(body).__name__}, "
+                         f"expected a map (JSON object)")
+    if "request" in body:
+        if "context" not in body:
+            raise CodecError("request body has no 'context'")
+        context = body["context"]
+        if context is not None and not isinstance(context, dict):
+            raise CodecError(f"request 'context' is a {type(context).__name__}, "
+                             f"expected a map")
+        request, msg.enveloped = _unwrap_envelope(body["request"], loads_json)
+        if not isinstance(request, dict):
+            raise CodecError(f"'request' is a {type(request).__name__}, expected a map")
+        monitor = body.get("call_monitor_timeout")
+        if monitor is not None and (isinstance(monitor, bool)
+                                    or not isinstance(monitor, (int, float))):
+            raise CodecError(f"'call_monitor_timeout' is a {type(monitor).__name__}, "
+                             f"expected a number")
+        msg.kind = REQUEST
+        msg.request = request
+        msg.context = context if context is not None else {}
+        msg.call_monitor_timeout = monitor
+        return msg
+    if "response" in body or "failure" in body:
+        if correlation_id is None:
+            raise CodecError("reply has no correlation-id")
+        failure = body.get("failure")
+        if failure is not None and not isinstance(failure, str):
+            raise CodecError(f"reply 'failure' is a {type(failure).__name__}, "
+                             f"expected a serialized exception (string)")
+        msg.kind = REPLY
+        msg.failure = failure
+        msg.response = body.get("response") if failure is None else None
+        return msg
+    raise CodecError("message body has neither 'request' (request or notification) "
+                     "nor 'response'/'failure' (reply)")
