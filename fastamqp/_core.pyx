@@ -2,9 +2,11 @@
 """fastamqp's C fast path: the message codec, straight on Proton C.
 
 Twin of ``fastamqp._pure.codec`` (same functions, same bytes, same results, same
-exceptions); the pure module is the reference. The JSON text comes from the same
-``fastamqp.serializers`` functions, so the bodies cannot differ; what this module saves
-is python-qpid-proton's per-field Python/cffi layer around pn_message_t.
+exceptions); the pure module is the reference. JSON goes through ``_jsoncodec``, which
+writes exactly the stdlib's text, so the bodies cannot differ; msgpack uses the same
+``fastamqp.serializers`` functions as the twin. What this module saves is
+python-qpid-proton's per-field Python/cffi layer around pn_message_t and most of the
+stdlib json cost.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -13,6 +15,7 @@ from libc.string cimport strlen
 from libc.stdint cimport uint64_t, int64_t
 
 cimport fastamqp._proton as pn
+from fastamqp._jsoncodec cimport dumps as json_dumps, loads as json_loads
 
 import time as _time
 import uuid as _uuid
@@ -25,9 +28,11 @@ IMPLEMENTATION = "c"
 
 cdef object _JSON = _ser.JSON
 cdef object _MSGPACK = _ser.MSGPACK
-cdef object _dumps_json = _ser.dumps_json
+cdef object _to_primitive = _ser.to_primitive
+cdef object _JSON_ENCODE_ERRORS = _ser.JSON_ENCODE_ERRORS
+cdef object _json_encode_error = _ser.json_encode_error
+cdef object _loads_json_py = _ser.loads_json
 cdef object _dumps_msgpack = _ser.dumps_msgpack
-cdef object _loads_json = _ser.loads_json
 cdef object _loads_msgpack = _ser.loads_msgpack
 cdef object _MSGPACK_TYPES = _ser.MSGPACK_CONTENT_TYPES
 cdef object _JSON_TYPES = _ser.JSON_CONTENT_TYPES
@@ -35,34 +40,60 @@ cdef bytes _MSGPACK_CONTENT_TYPE = _ser.MSGPACK_CONTENT_TYPE.encode("ascii")
 cdef object _build = _message.build
 cdef object _envelope = _message.envelope
 cdef object _check_serializer = _ser.check_serializer
+cdef object _check_section = _message.check_section
+cdef object _check_finite = _message.check_finite
+cdef object _app_property_key_error = _message.application_property_key_error
 cdef object _UUID = _uuid.UUID
 cdef object _uuid4 = _uuid.uuid4
 cdef object _wall_time = _time.time
+cdef bytes _json_body(object data):
+    try:
+        return json_dumps(data, _to_primitive)
+    except _JSON_ENCODE_ERRORS as exc:
+        raise _json_encode_error(exc) from None
+
+
+def _loads_json(text):
+    """JSON text (str) to a value, for the envelope's inner message."""
+    cdef bytes raw
+    try:
+        raw = (<str>text).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: only the stdlib path accepts them
+        return _loads_json_py(text)
+    return json_loads(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+
+
 cdef Py_ssize_t _DEFAULT_MAX = _message.DEFAULT_MAX_MESSAGE_SIZE
 cdef uint64_t _MAX_TTL_MS = _message.MAX_TTL_MS
 
 
 cdef class _Scratch:
-    """The pn_message_t and output buffer every codec call reuses.
+    """A pn_message_t and output buffer that codec calls reuse.
 
-    Codec calls hold the GIL from start to end and never call back into Python while
-    the scratch message is half-built (bodies are serialized first), so one instance
-    per process is race-free and saves a pn_message()/free pair per message.
+    Reuse saves a pn_message()/free pair and a buffer allocation per message. Each call
+    takes one from a free list and gives it back, instead of sharing one instance: a
+    call can re-enter the codec (a JSON default hook, or a finalizer run by the garbage
+    collector while the decoder builds Python objects), and it must not clobber the
+    message the outer call is still reading.
     """
     cdef pn.pn_message_t *msg
+    cdef pn.pn_data_t *walker   # one section at a time, for _check_sections
     cdef char *buf
     cdef size_t cap
 
     def __cinit__(self):
         self.msg = pn.pn_message()
+        self.walker = pn.pn_data(16)
         self.cap = 16384
         self.buf = <char *>PyMem_Malloc(self.cap)
-        if self.msg == NULL or self.buf == NULL:
+        if self.msg == NULL or self.walker == NULL or self.buf == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
         if self.msg != NULL:
             pn.pn_message_free(self.msg)
+        if self.walker != NULL:
+            pn.pn_data_free(self.walker)
         PyMem_Free(self.buf)
 
     cdef bytes encode(self):
@@ -93,7 +124,18 @@ cdef class _Scratch:
             self.cap = 16384
 
 
-cdef _Scratch _scratch = _Scratch()
+cdef list _free_scratch = []
+
+
+cdef inline _Scratch _acquire():
+    if _free_scratch:
+        return <_Scratch>_free_scratch.pop()
+    return _Scratch()
+
+
+cdef inline void _release(_Scratch scratch):
+    if len(_free_scratch) < 8:
+        _free_scratch.append(scratch)
 
 
 cdef str _pn_error(pn.pn_message_t *msg, int rc):
@@ -191,14 +233,14 @@ cdef inline uint64_t _ttl_ms(object seconds) except? 0:
     return <uint64_t>ms
 
 
-cdef int _start(object address, object serializer, object data, list keep) except -1:
+cdef int _start(_Scratch scratch, object address, object serializer, object data,
+                list keep) except -1:
     """Reset the scratch message and give it its address and body."""
-    cdef pn.pn_message_t *msg = _scratch.msg
+    cdef pn.pn_message_t *msg = scratch.msg
     cdef bytes body
     cdef bytes addr = _c_string("address", address)
     if serializer is _JSON or serializer == _JSON:
-        text = _dumps_json(data)
-        body = (<str>text).encode("utf-8")
+        body = _json_body(data)
     else:
         body = _dumps_msgpack(data)
     pn.pn_message_clear(msg)
@@ -225,14 +267,29 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
     if serializer is not _JSON:
         _check_serializer(serializer)
     cdef list keep = []
-    cdef bytes reply_raw
+    if timeout is not None:
+        _check_finite("timeout", timeout)
+    if call_monitor_timeout is not None:
+        _check_finite("call_monitor_timeout", call_monitor_timeout)
     if envelope:
-        request = _envelope(_dumps_json(request))
+        request = _envelope(_json_body(request).decode("ascii"))
     data = {"request": request, "context": context}
     if call_monitor_timeout is not None:
         data["call_monitor_timeout"] = call_monitor_timeout
-    _start(address, serializer, data, keep)
-    cdef pn.pn_message_t *msg = _scratch.msg
+    cdef _Scratch scratch = _acquire()
+    cdef pn.pn_message_t *msg = scratch.msg
+    try:
+        _start(scratch, address, serializer, data, keep)
+        _set_request_properties(msg, message_id, reply_to, timeout, now, keep)
+        return scratch.encode()
+    finally:
+        _release(scratch)
+
+
+cdef int _set_request_properties(pn.pn_message_t *msg, object message_id,
+                                 object reply_to, object timeout, object now,
+                                 list keep) except -1:
+    cdef bytes reply_raw
     if message_id is not None:
         _set_id(msg, "message_id", message_id, False, keep)
     if reply_to is not None:
@@ -243,7 +300,7 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
         wall = _wall_time() if now is None else now
         # Wall-clock ms (the original used time.monotonic(): REFERENCE §3.9 #1).
         pn.pn_message_set_expiry_time(msg, <int64_t>((wall + timeout) * 1000))
-    return _scratch.encode()
+    return 0
 
 
 def encode_notification(address, message, context, version=2.0, *,
@@ -261,23 +318,33 @@ def encode_reply(address, correlation_id, response=None, failure=None, *,
     if failure is not None and not isinstance(failure, str):
         raise CodecError("failure must be the serialized exception (str)")
     cdef list keep = []
-    _start(address, serializer, {"failure": failure} if failure else {"response": response},
-           keep)
-    _set_id(_scratch.msg, "correlation_id", correlation_id, True, keep)
-    return _scratch.encode()
+    cdef _Scratch scratch = _acquire()
+    try:
+        _start(scratch, address, serializer,
+               {"failure": failure} if failure else {"response": response}, keep)
+        _set_id(scratch.msg, "correlation_id", correlation_id, True, keep)
+        return scratch.encode()
+    finally:
+        _release(scratch)
 
 
 def encode_heartbeat(address, correlation_id, ttl):
     """Call-monitor heartbeat: no body section, just correlation-id and ttl."""
     cdef list keep = []
+    if ttl is not None:
+        _check_finite("ttl", ttl)
     cdef bytes addr = _c_string("address", address)
-    cdef pn.pn_message_t *msg = _scratch.msg
-    pn.pn_message_clear(msg)
-    pn.pn_message_set_address(msg, PyBytes_AS_STRING(addr))
-    _set_id(msg, "correlation_id", correlation_id, True, keep)
-    if ttl:
-        pn.pn_message_set_ttl(msg, <pn.pn_millis_t>_ttl_ms(ttl))
-    return _scratch.encode()
+    cdef _Scratch scratch = _acquire()
+    cdef pn.pn_message_t *msg = scratch.msg
+    try:
+        pn.pn_message_clear(msg)
+        pn.pn_message_set_address(msg, PyBytes_AS_STRING(addr))
+        _set_id(msg, "correlation_id", correlation_id, True, keep)
+        if ttl:
+            pn.pn_message_set_ttl(msg, <pn.pn_millis_t>_ttl_ms(ttl))
+        return scratch.encode()
+    finally:
+        _release(scratch)
 
 
 def decode(data, Py_ssize_t max_size=_DEFAULT_MAX):
@@ -297,7 +364,79 @@ def decode(data, Py_ssize_t max_size=_DEFAULT_MAX):
         raise CodecError(f"message of {size} bytes exceeds the limit of {max_size} bytes")
     if size == 0:
         raise CodecError("not an AMQP message: empty input")
-    cdef pn.pn_message_t *msg = _scratch.msg
+    cdef _Scratch scratch = _acquire()
+    try:
+        _check_sections(scratch.walker, <const char *>&view[0], size)
+        return _decode(scratch.msg, view, size)
+    finally:
+        _release(scratch)
+
+
+cdef int _check_sections(pn.pn_data_t *walker, const char *data, Py_ssize_t size) except -1:
+    """Walk the top-level sections with Proton's strict pn_data_decode.
+
+    pn_message_decode accepts truncated and trailing bytes silently (a reply cut short
+    decodes as a heartbeat). The rule is message.check_section, shared with the pure
+    codec; the plain well-ordered case is recognised here without calling it.
+    """
+    cdef Py_ssize_t offset = 0
+    cdef Py_ssize_t used
+    cdef int index = 0
+    cdef int previous = -1
+    cdef int code
+    while offset < size:
+        pn.pn_data_clear(walker)
+        used = pn.pn_data_decode(walker, data + offset, <size_t>(size - offset))
+        if used < 0:
+            raise CodecError(f"not an AMQP message: {_data_error(<int>used)} at offset "
+                             f"{offset}")
+        code = -1
+        pn.pn_data_rewind(walker)
+        if pn.pn_data_next(walker) and pn.pn_data_type(walker) == pn.PN_DESCRIBED:
+            pn.pn_data_enter(walker)
+            if pn.pn_data_next(walker) and pn.pn_data_type(walker) == pn.PN_ULONG:
+                code = <int>min(pn.pn_data_get_ulong(walker), <uint64_t>0x7fffffff)
+                if code == 0x74:
+                    _check_property_keys(walker, offset)
+        if not (0x70 <= code <= 0x78 and code > previous
+                and not (0x75 <= previous <= 0x77 and 0x75 <= code <= 0x77)):
+            _check_section(index, offset, None if code < 0 else code,
+                           None if previous < 0 else previous)
+        previous = code
+        offset += used
+        index += 1
+    return 0
+
+
+cdef int _check_property_keys(pn.pn_data_t *walker, Py_ssize_t offset) except -1:
+    cdef size_t count, i
+    cdef pn.pn_type_t kind
+    if not pn.pn_data_next(walker) or pn.pn_data_type(walker) != pn.PN_MAP:
+        return 0  # a null or non-map value: pn_message_decode judges it
+    count = pn.pn_data_get_map(walker)
+    pn.pn_data_enter(walker)
+    for i in range(0, count, 2):
+        pn.pn_data_next(walker)
+        kind = pn.pn_data_type(walker)
+        if kind != pn.PN_STRING:
+            raise _app_property_key_error(
+                offset, (<bytes>pn.pn_type_name(kind)).decode("ascii").lower()[3:])
+        pn.pn_data_next(walker)
+    return 0
+
+
+cdef str _data_error(int rc):
+    if rc == pn.PN_UNDERFLOW:
+        return "truncated input (PN_UNDERFLOW)"
+    if rc == pn.PN_ARG_ERR:
+        return "invalid encoding (PN_ARG_ERR)"
+    return f"invalid encoding ({(<bytes>pn.pn_code(rc)).decode('ascii', 'replace')})"
+
+
+cdef object _decode(pn.pn_message_t *msg, const unsigned char[::1] view, Py_ssize_t size):
+    # pn_message_decode does not clear first: without this, fields absent from this
+    # message would keep the previous message's values.
+    pn.pn_message_clear(msg)
     cdef int rc = pn.pn_message_decode(msg, <const char *>&view[0], <size_t>size)
     if rc != 0:
         raise CodecError(f"not an AMQP message: {_pn_error(msg, rc)}")
@@ -325,7 +464,7 @@ def decode(data, Py_ssize_t max_size=_DEFAULT_MAX):
                 raise CodecError("msgpack content-type on a string (amqp-value) body")
             raw = pn.pn_data_get_string(section)
             serializer = _JSON
-            body = _loads_json(PyBytes_FromStringAndSize(raw.start, raw.size))
+            body = json_loads(raw.start, raw.size)
         elif kind == pn.PN_BINARY:
             raw = pn.pn_data_get_binary(section)
             if content_type in _MSGPACK_TYPES:
@@ -333,7 +472,7 @@ def decode(data, Py_ssize_t max_size=_DEFAULT_MAX):
                 body = _loads_msgpack(PyBytes_FromStringAndSize(raw.start, raw.size))
             elif content_type is None or content_type in _JSON_TYPES:
                 serializer = _JSON
-                body = _loads_json(PyBytes_FromStringAndSize(raw.start, raw.size))
+                body = json_loads(raw.start, raw.size)
             else:
                 raise CodecError(f"unsupported content-type {content_type!r} "
                                  f"for a binary body")

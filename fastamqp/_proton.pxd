@@ -78,6 +78,14 @@ cdef extern from "proton/codec.h" nogil:
     ctypedef struct pn_data_t:
         pass
     const char *pn_type_name(pn_type_t type)
+    pn_data_t *pn_data(size_t capacity)
+    void pn_data_free(pn_data_t *data)
+    pn_error_t *pn_data_error(pn_data_t *data)
+    ssize_t pn_data_decode(pn_data_t *data, const char *bytes, size_t size)
+    bint pn_data_enter(pn_data_t *data)
+    bint pn_data_exit(pn_data_t *data)
+    uint64_t pn_data_get_ulong(pn_data_t *data)
+    size_t pn_data_get_map(pn_data_t *data)
     void pn_data_clear(pn_data_t *data)
     void pn_data_rewind(pn_data_t *data)
     bint pn_data_next(pn_data_t *data)

@@ -29,6 +29,55 @@ ENVELOPE_VERSION = "2.0"
 # pn_millis_t is 32 bits: the longest ttl the header can carry.
 MAX_TTL_MS = 0xFFFFFFFF
 
+# Message sections by descriptor code (AMQP 1.0 part 3.2), in the order they must appear.
+# Proton's pn_message_decode accepts truncated or trailing bytes silently (a reply cut
+# short decodes as a heartbeat), so both codecs first walk the sections with Proton's
+# strict pn_data_decode and apply check_section() to each.
+SECTION_NAMES = {0x70: "header", 0x71: "delivery-annotations",
+                 0x72: "message-annotations", 0x73: "properties",
+                 0x74: "application-properties", 0x75: "data", 0x76: "amqp-sequence",
+                 0x77: "amqp-value", 0x78: "footer"}
+_REPEATABLE_SECTIONS = (0x75, 0x76)  # a body may be several data or sequence sections
+
+
+def check_section(index, offset, code, previous):
+    """The rule both codecs apply to each top-level section; returns ``code``.
+
+    ``code`` is the section's ulong descriptor, or None when the value is not a
+    described type with a ulong descriptor.
+    """
+    if code is None or code not in SECTION_NAMES:
+        where = "not a described type" if code is None else f"descriptor 0x{code:x}"
+        raise CodecError(f"not an AMQP message: value {index} at offset {offset} is not "
+                         f"a message section ({where})")
+    if previous is not None and (code < previous or (
+            code == previous and code not in _REPEATABLE_SECTIONS)):
+        raise CodecError(f"not an AMQP message: section {SECTION_NAMES[code]} at offset "
+                         f"{offset} out of order after {SECTION_NAMES[previous]}")
+    if previous in (0x75, 0x76, 0x77) and code in (0x75, 0x76, 0x77) and code != previous:
+        raise CodecError(f"not an AMQP message: body sections of two kinds "
+                         f"({SECTION_NAMES[previous]} and {SECTION_NAMES[code]})")
+    return code
+
+
+APPLICATION_PROPERTIES = 0x74
+
+
+def application_property_key_error(offset, type_name):
+    """AMQP 1.0 §3.2.5: application-properties keys are strings; anything else makes
+    the message malformed (both codecs check it while walking the sections)."""
+    return CodecError(f"not an AMQP message: application-properties at offset {offset} "
+                      f"has a {type_name} key (keys must be strings)")
+
+
+def check_finite(name, seconds):
+    """Timeouts and ttls must be finite numbers of seconds (NaN/inf cannot be encoded)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise CodecError(f"{name} must be a number of seconds, not "
+                         f"{type(seconds).__name__}")
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise CodecError(f"{name} must be a finite number of seconds, not {seconds!r}")
+
 
 class DecodedMessage:
     """One message from the wire, as the driver needs it.

@@ -23,7 +23,7 @@ MSGPACK_CONTENT_TYPES = frozenset(
 JSON_CONTENT_TYPES = frozenset(("application/json", "text/json"))
 
 
-def _to_primitive(value):
+def to_primitive(value):
     """Fallback for values JSON/msgpack cannot take directly (datetime, set, ...).
 
     The original driver serialized with oslo_serialization.jsonutils.dumps, whose
@@ -43,17 +43,25 @@ def _to_primitive(value):
     raise TypeError(f"{type(value).__name__} is not serializable")
 
 
-_json_encode = json.JSONEncoder(default=_to_primitive).encode
-_msgpack_pack = msgpack.Packer(default=_to_primitive, use_bin_type=True,
+_json_encode = json.JSONEncoder(default=to_primitive).encode
+_msgpack_pack = msgpack.Packer(default=to_primitive, use_bin_type=True,
                                autoreset=True).pack
+
+
+# What a JSON encoder raises for data it cannot take (both codecs turn it into CodecError).
+JSON_ENCODE_ERRORS = (TypeError, ValueError, RecursionError)
+
+
+def json_encode_error(exc):
+    return CodecError(f"cannot serialize message body as JSON: {exc}")
 
 
 def dumps_json(data):
     """The JSON text the original driver put in the amqp-value string."""
     try:
         return _json_encode(data)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise CodecError(f"cannot serialize message body as JSON: {exc}") from None
+    except JSON_ENCODE_ERRORS as exc:
+        raise json_encode_error(exc) from None
 
 
 def dumps_msgpack(data):

@@ -52,6 +52,59 @@ def _check_id(name, value):
         raise CodecError(f"{name} contains a NUL character")
 
 
+def _check_sections(data):
+    """Walk the top-level sections with Proton's strict decoder (see message.SECTION_NAMES)."""
+    walker = proton.Data()
+    offset = index = 0
+    previous = None
+    while offset < len(data):
+        walker.clear()
+        try:
+            used = walker.decode(data[offset:])
+        except proton.DataException as exc:
+            raise CodecError(f"not an AMQP message: {_data_error(exc)} at offset "
+                             f"{offset}") from None
+        walker.rewind()
+        code = None
+        if walker.next() == proton.Data.DESCRIBED:
+            walker.enter()
+            if walker.next() == proton.Data.ULONG:
+                code = walker.get_ulong()
+                if code == _message.APPLICATION_PROPERTIES:
+                    _check_property_keys(walker, offset)
+        previous = _message.check_section(index, offset, code, previous)
+        offset += used
+        index += 1
+
+
+_TYPE_NAMES = {getattr(proton.Data, name): name.lower() for name in (
+    "NULL", "BOOL", "UBYTE", "BYTE", "USHORT", "SHORT", "UINT", "INT", "CHAR", "ULONG",
+    "LONG", "TIMESTAMP", "FLOAT", "DOUBLE", "DECIMAL32", "DECIMAL64", "DECIMAL128",
+    "UUID", "BINARY", "STRING", "SYMBOL", "DESCRIBED", "ARRAY", "LIST", "MAP")}
+
+
+def _check_property_keys(walker, offset):
+    if walker.next() != proton.Data.MAP:
+        return  # a null or non-map value: pn_message_decode judges it
+    count = walker.get_map()
+    walker.enter()
+    for _ in range(0, count, 2):
+        kind = walker.next()
+        if kind != proton.Data.STRING:
+            raise _message.application_property_key_error(offset, _TYPE_NAMES[kind])
+        walker.next()
+
+
+def _data_error(exc):
+    # DataException text is "[code]: detail"; the codes are Proton's PN_* errors.
+    text = str(exc)
+    if text.startswith("[-4]"):
+        return "truncated input (PN_UNDERFLOW)"
+    if text.startswith("[-6]"):
+        return "invalid encoding (PN_ARG_ERR)"
+    return f"invalid encoding ({text})"
+
+
 def _ttl_ms(seconds):
     # Truncating like python-qpid-proton's secs2millis; clamped to what the header holds.
     return min(max(int(seconds * 1000), 0), _message.MAX_TTL_MS)
@@ -75,6 +128,10 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
     if reply_to is not None:
         _check_address("reply_to", reply_to)
         msg.reply_to = reply_to
+    if timeout is not None:
+        _message.check_finite("timeout", timeout)
+    if call_monitor_timeout is not None:
+        _message.check_finite("call_monitor_timeout", call_monitor_timeout)
     if timeout:
         # Set in milliseconds through the C layer: a round trip through Message's
         # float-seconds properties can lose a millisecond.
@@ -109,6 +166,8 @@ def encode_heartbeat(address, correlation_id, ttl):
     """Call-monitor heartbeat: no body section, just correlation-id and ttl."""
     _check_address("address", address)
     _check_id("correlation_id", correlation_id)
+    if ttl is not None:
+        _message.check_finite("ttl", ttl)
     msg = proton.Message()
     msg.address = address
     msg.correlation_id = correlation_id
@@ -118,6 +177,8 @@ def encode_heartbeat(address, correlation_id, ttl):
 
 
 def _id_value(value):
+    if isinstance(value, memoryview):  # python-qpid-proton 0.40 returns binary ids so
+        return bytes(value)
     if value is None or isinstance(value, (str, bytes, uuid.UUID)):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
@@ -137,7 +198,7 @@ def _body_parts(msg):
     if body is None:
         return None, False, None
     content_type = _content_type(msg)
-    if isinstance(body, str):
+    if type(body) is str:  # not proton.symbol or proton.char: oslo bodies are strings
         if content_type in _ser.MSGPACK_CONTENT_TYPES:
             raise CodecError("msgpack content-type on a string (amqp-value) body")
         return _ser.JSON, True, _ser.loads_json(body)
@@ -171,9 +232,11 @@ def decode(data, max_size=_message.DEFAULT_MAX_MESSAGE_SIZE):
         raise CodecError(f"message of {size} bytes exceeds the limit of {max_size} bytes")
     if size == 0:
         raise CodecError("not an AMQP message: empty input")
+    data = bytes(data)
+    _check_sections(data)
     msg = proton.Message()
     try:
-        msg.decode(bytes(data))
+        msg.decode(data)
         serializer, has_body, body = _body_parts(msg)
         address = _optional_str(msg.address)
         reply_to = _optional_str(msg.reply_to)
