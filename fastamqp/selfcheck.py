@@ -22,7 +22,7 @@ NOTIFY_ADDRESS = "openstack.org/om/notify/anycast/openstack/notifications.info"
 
 def sample_request(size=1024):
     """An RPC request whose encoded message is about ``size`` bytes."""
-    return {"method": "echo", "args": {"data": "x" * max(size - 220, 0)},
+    return {"method": "echo", "args": {"data": "x" * max(size - 400, 0)},
             "version": "1.0"}
 
 
@@ -58,39 +58,51 @@ def _check_kinds(out):
     codecs = [x for x in (c, py) if x is not None]
     req, ctx = sample_request(), sample_context()
     now = 1_700_000_000.0
+    notification = {"event_type": "compute.instance.create"}
+    failure = json.dumps({"class": "ValueError"})
+    # (name, kind, encoder, what the original driver's receive path must read back:
+    # json.loads(message.body), or None for the body-less heartbeat)
     cases = [
         ("rpc call", REQUEST, lambda k: k.encode_request(
             RPC_ADDRESS, req, ctx, message_id="9f2c", reply_to=REPLY_ADDRESS,
-            timeout=30, call_monitor_timeout=10, now=now)),
-        ("rpc cast", REQUEST, lambda k: k.encode_request(RPC_ADDRESS, req, ctx)),
+            timeout=30, call_monitor_timeout=10, now=now),
+         {"request": req, "context": ctx, "call_monitor_timeout": 10}),
+        ("rpc cast", REQUEST, lambda k: k.encode_request(RPC_ADDRESS, req, ctx),
+         {"request": req, "context": ctx}),
         ("rpc reply", REPLY, lambda k: k.encode_reply(REPLY_ADDRESS, "9f2c",
-                                                       response={"ok": 1})),
-        ("rpc failure", REPLY, lambda k: k.encode_reply(
-            REPLY_ADDRESS, "9f2c", failure=json.dumps({"class": "ValueError"}))),
-        ("heartbeat", HEARTBEAT, lambda k: k.encode_heartbeat(REPLY_ADDRESS, "9f2c", 10)),
+                                                       response={"ok": 1}),
+         {"response": {"ok": 1}}),
+        ("rpc failure", REPLY, lambda k: k.encode_reply(REPLY_ADDRESS, "9f2c",
+                                                         failure=failure),
+         {"failure": failure}),
+        ("heartbeat", HEARTBEAT, lambda k: k.encode_heartbeat(REPLY_ADDRESS, "9f2c", 10),
+         None),
         ("notification 2.0", REQUEST, lambda k: k.encode_notification(
-            NOTIFY_ADDRESS, {"event_type": "compute.instance.create"}, ctx, 2.0)),
+            NOTIFY_ADDRESS, notification, ctx, 2.0),
+         {"request": {"oslo.version": "2.0", "oslo.message": json.dumps(notification)},
+          "context": ctx}),
         ("msgpack call", REQUEST, lambda k: k.encode_request(
             RPC_ADDRESS, req, ctx, message_id="9f2c", reply_to=REPLY_ADDRESS,
-            serializer="msgpack")),
+            serializer="msgpack"), "msgpack"),
     ]
     failures = 0
-    for name, kind, make in cases:
+    for name, kind, make, original_reads in cases:
         encoded = [make(k) for k in codecs]
         same_bytes = all(e == encoded[0] for e in encoded)
         decoded = [k.decode(encoded[0]) for k in codecs]
         same_result = all(d == decoded[0] for d in decoded) and decoded[0].kind == kind
-        # The original driver's receive path must read what we send (JSON only).
-        if "msgpack" in name:
-            original_ok = True
+        if original_reads == "msgpack":  # new format: the original driver never read it
+            original_ok, verdict = True, "n/a (msgpack)"
         else:
             body, _, _, corr, addr = original_decode(encoded[0])
-            original_ok = addr is not None and (body is not None or corr is not None)
+            original_ok = body == original_reads and addr is not None and (
+                kind == REQUEST or corr == "9f2c")
+            verdict = _yes(original_ok)
         ok = same_bytes and same_result and original_ok
         failures += not ok
         out(f"  {name:18} {len(encoded[0]):5d} bytes  "
             f"C == Python bytes: {_yes(same_bytes)}  same decode: {_yes(same_result)}  "
-            f"original reads it: {_yes(original_ok)}")
+            f"original reads it: {verdict}")
     # And the other way: what the original driver sent, we decode.
     orig = original_encode_request(RPC_ADDRESS, req, ctx, message_id="9f2c",
                                    reply_to=REPLY_ADDRESS, timeout=30)
