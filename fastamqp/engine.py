@@ -5,6 +5,7 @@ engine. Otherwise the C extension is used; if it was built but cannot be importe
 is a broken install, and we say so loudly (a warning naming the import error) instead of
 running slowly without anyone noticing.
 """
+import importlib.util
 import os
 import warnings
 
@@ -20,11 +21,14 @@ if not PUREPYTHON:
         from fastamqp import _core as c_codec
     except ImportError as exc:  # not built (pure install) or broken
         c_import_error = exc
+        if importlib.util.find_spec("fastamqp._core") is None:
+            why = "it is not built in this installation of fastamqp"
+        else:
+            why = f"it is installed but does not import: {exc}"
         warnings.warn(
-            f"fastamqp: the C extension is not available ({exc}); running the "
-            f"pure-Python engine, which is several times slower. Set "
-            f"FASTAMQP_PUREPYTHON=1 to choose it explicitly.",
-            RuntimeWarning, stacklevel=2)
+            f"fastamqp: no C extension ({why}); running the pure-Python engine, which "
+            f"is several times slower. Set FASTAMQP_PUREPYTHON=1 to choose it "
+            f"explicitly.", RuntimeWarning, stacklevel=2)
 
 codec = c_codec if c_codec is not None else py_codec
 

@@ -16,3 +16,7 @@ class CodecError(FastAmqpError, ValueError):
     UTF-8 or JSON, a missing field, an oversized message); a listener rejects such a
     message and keeps serving.
     """
+
+
+class ConfigurationError(FastAmqpError, ValueError):
+    """An option or transport URL value this driver cannot use; the message names it."""

@@ -56,3 +56,28 @@ def codec(request):
 def both_codecs():
     """(c, python) for differential tests."""
     return c_codec_or_fail(), engine.py_codec
+
+
+ORIGINAL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "original")
+
+
+@pytest.fixture(scope="session")
+def original():
+    """Run a script of tests/original/ with the ORIGINAL driver's Python (oslo.messaging
+    14.9.3, made by scripts/setup-env-original; scripts/test sets
+    FASTAMQP_ORIGINAL_PYTHON): ``original("addresses.py", request) -> answer``."""
+    import json
+    import subprocess
+    python = os.environ.get("FASTAMQP_ORIGINAL_PYTHON")
+    if not python:
+        if os.environ.get("CI"):
+            pytest.fail("FASTAMQP_ORIGINAL_PYTHON is not set: scripts/test sets it")
+        pytest.skip("FASTAMQP_ORIGINAL_PYTHON is not set (scripts/test sets it up)")
+
+    def run(script, request):
+        result = subprocess.run([python, os.path.join(ORIGINAL_DIR, script)],
+                                input=json.dumps(request), capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+    return run
