@@ -11,6 +11,13 @@ def main(argv=None):
     check.add_argument("--number", type=int, default=2000,
                        help="messages per timing round (default 2000)")
     sub.add_parser("engine", help="print the active engine: 'c' or 'python'")
+    sub.add_parser("intermediary", add_help=False,
+                   help="run the embedded AMQP 1.0 router or broker (see "
+                        "'fastamqp intermediary --help')")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["intermediary"]:
+        from fastamqp.intermediary.__main__ import main as intermediary_main
+        return intermediary_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "engine":
         from fastamqp import engine_name

@@ -20,3 +20,36 @@ class CodecError(FastAmqpError, ValueError):
 
 class ConfigurationError(FastAmqpError, ValueError):
     """An option or transport URL value this driver cannot use; the message names it."""
+
+
+class ConnectionFailed(FastAmqpError):
+    """No connection to any host of the transport URL could be made or kept."""
+
+
+class AuthenticationError(ConnectionFailed):
+    """The peer refused our SASL credentials (or the mechanisms on offer)."""
+
+
+class SendTimeout(FastAmqpError, TimeoutError):
+    """A message was not settled by the peer before its deadline."""
+
+
+class SendFailure(FastAmqpError):
+    """The peer refused a message (rejected, or modified as undeliverable), or its
+    retry budget ran out. ``outcome`` is the final outcome when there was one."""
+
+    def __init__(self, message, outcome=None):
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class ReplyTimeout(FastAmqpError, TimeoutError):
+    """No reply to an RPC call arrived before its deadline."""
+
+
+class CallMonitorTimeout(ReplyTimeout):
+    """The server sent no heartbeat within the call-monitor timeout."""
+
+
+class EngineClosed(FastAmqpError):
+    """The connection engine was closed while the operation was waiting."""

@@ -1,0 +1,768 @@
+"""The pure-Python connection engine on pyngus: the reference the C engine must match.
+
+One I/O thread per connection runs a select() loop over the socket and a wake-up pipe.
+Other threads never touch pyngus or Proton: they queue a callable with
+``_call_soon`` and wait on a ``threading.Event`` (or a Condition for subscriptions).
+
+What it does, and why:
+* failover: hosts are tried round robin; the delay starts at retry_interval and is
+  MULTIPLIED by retry_backoff after each failure up to retry_interval_max, as the
+  original driver did (REFERENCE §3.2);
+* a send waits for the peer's outcome; a pre-settled send completes when it has been
+  written to the socket, not while it still waits for credit (REFERENCE §3.9 #7);
+* sends whose outcome was unknown when the connection dropped are sent again on the
+  next connection while their retry budget and deadline allow (§3.9 #8);
+* casts and notifications do not wait for the reply link (§3.9 #6);
+* subscriptions and the reply link are re-attached after every reconnection.
+"""
+import collections
+import heapq
+import itertools
+import logging
+import os
+import select
+import socket
+import threading
+import time
+
+import proton
+import pyngus
+
+from fastamqp import exceptions
+from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult
+
+LOG = logging.getLogger(__name__)
+
+_OUTCOMES = {
+    pyngus.SenderLink.ACCEPTED: Outcome.ACCEPTED,
+    pyngus.SenderLink.RELEASED: Outcome.RELEASED,
+    pyngus.SenderLink.MODIFIED: Outcome.MODIFIED,
+    pyngus.SenderLink.REJECTED: Outcome.REJECTED,
+}
+
+
+class _Encoded:
+    """What pyngus sends: it calls ``encode()`` exactly when the transfer is written,
+    which is how a pre-settled send learns that it has left the credit queue."""
+
+    __slots__ = ("payload", "on_write")
+
+    def __init__(self, payload, on_write=None):
+        self.payload = payload
+        self.on_write = on_write
+
+    def encode(self):
+        if self.on_write is not None:
+            self.on_write()
+        return self.payload
+
+
+class _Send:
+    """One send() call, alive until it has a result or an error."""
+
+    def __init__(self, address, payload, presettled, deadline, retry):
+        self.address = address
+        self.payload = payload
+        self.presettled = presettled
+        self.deadline = deadline
+        self.retries_left = None if retry is None or retry < 0 else retry
+        self.done = threading.Event()
+        self.result = None
+        self.error = None
+
+    def finish(self, result=None, error=None):
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+    def may_retry(self):
+        if self.retries_left is None:
+            return True
+        if self.retries_left > 0:
+            self.retries_left -= 1
+            return True
+        return False
+
+
+class _Sender:
+    """The cached sender link of one address, and what waits for it."""
+
+    def __init__(self, engine, address):
+        self.engine = engine
+        self.address = address
+        self.link = None
+        self.active = False
+        self.waiting = collections.deque()   # _Send, until the link is active
+        self.in_flight = {}                  # handle -> _Send, awaiting the outcome
+
+    def attach(self, pyngus_conn):
+        name = f"fastamqp/sender/[{self.address}]/{next(self.engine._ids)}"
+        self.link = pyngus_conn.create_sender(self.address, self.address,
+                                              event_handler=self, name=name)
+        self.link.user_context = self
+        self.link.open()
+
+    def submit(self, send):
+        if self.active:
+            self._transmit(send)
+        else:
+            self.waiting.append(send)
+
+    def _transmit(self, send):
+        if send.done.is_set():
+            return  # its caller has already been told (deadline): never send late
+        if send.presettled:
+            # Complete after the next socket write: see _Encoded.
+            self.link.send(_Encoded(send.payload, lambda: self.engine._written.append(send)))
+        else:
+            handle = next(self.engine._ids)
+            self.in_flight[handle] = send
+            self.link.send(_Encoded(send.payload), self._outcome, handle)
+
+    def _outcome(self, link, handle, state, info):
+        send = self.in_flight.pop(handle, None)
+        if send is None:
+            return
+        outcome = _OUTCOMES.get(state)
+        if outcome is None:  # TIMED_OUT/ABORTED/UNKNOWN: our own timers decide
+            return
+        info = info or {}
+        condition = info.get("condition")
+        send.finish(SendResult(
+            outcome,
+            delivery_failed=bool(info.get("delivery-failed")),
+            undeliverable_here=bool(info.get("undeliverable-here")),
+            condition=str(condition.name) if condition is not None else None,
+            description=condition.description if condition is not None else None))
+
+    # pyngus SenderEventHandler
+    def sender_active(self, link):
+        self.active = True
+        while self.waiting:
+            self._transmit(self.waiting.popleft())
+
+    def sender_remote_closed(self, link, condition):
+        LOG.warning("peer detached the sender link to %s: %s", self.address, condition)
+        self.engine._sender_lost(self, condition)
+
+    def sender_closed(self, link):
+        pass
+
+    def credit_granted(self, link):
+        pass
+
+    def sender_failed(self, link, error):
+        LOG.warning("sender link to %s failed: %s", self.address, error)
+        self.engine._sender_lost(self, error)
+
+
+class _ReplyWaiter:
+    def __init__(self, engine, message_id):
+        self._engine = engine
+        self.message_id = message_id
+        self._cond = threading.Condition()
+        self._reply = None
+        self._error = None
+        self._beats = 0
+
+    # called on the I/O thread
+    def deliver(self, payload):
+        with self._cond:
+            self._reply = payload
+            self._cond.notify_all()
+
+    def heartbeat(self):
+        with self._cond:
+            self._beats += 1
+            self._cond.notify_all()
+
+    def fail(self, error):
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def wait(self, deadline, monitor_timeout=None):
+        try:
+            with self._cond:
+                beats = self._beats
+                monitor = None if monitor_timeout is None else (
+                    time.monotonic() + monitor_timeout)
+                while self._reply is None and self._error is None:
+                    now = time.monotonic()
+                    if self._beats != beats:  # a heartbeat restarts the monitor
+                        beats = self._beats
+                        monitor = now + monitor_timeout
+                    if now >= deadline:
+                        raise exceptions.ReplyTimeout("no reply before the deadline")
+                    if monitor is not None and now >= monitor:
+                        raise exceptions.CallMonitorTimeout(
+                            "call monitor timed out: no heartbeat from the server")
+                    limit = deadline if monitor is None else min(deadline, monitor)
+                    self._cond.wait(limit - now)
+                if self._error is not None:
+                    raise self._error
+                return self._reply
+        finally:
+            self.cancel()
+
+    def cancel(self):
+        self._engine._calls.pop(self.message_id, None)
+
+
+class _ReplyLink:
+    """The shared receiver with a dynamic source on which replies arrive."""
+
+    def __init__(self, engine, credit):
+        self.engine = engine
+        self.credit = credit
+        self.link = None
+        self.address = None
+
+    def attach(self, pyngus_conn):
+        name = f"fastamqp/receiver/[rpc-response]/{next(self.engine._ids)}"
+        # No source address: pyngus asks the peer for a dynamic source.
+        self.link = pyngus_conn.create_receiver("rpc-response", event_handler=self,
+                                                name=name)
+        self.link.add_capacity(self.credit)
+        self.link.open()
+
+    def receiver_active(self, link):
+        self.address = link.source_address
+        self.engine._reply_ready.set()
+
+    def receiver_remote_closed(self, link, condition):
+        # The reply address is gone with the link: treat as a connection failure so
+        # that everything comes back on a fresh connection.
+        LOG.warning("peer detached the reply link: %s", condition)
+        self.engine._connection_lost(f"reply link detached: {condition}")
+
+    def receiver_closed(self, link):
+        pass
+
+    def receiver_failed(self, link, error):
+        self.engine._connection_lost(f"reply link failed: {error}")
+
+    def message_received(self, link, message, handle):
+        waiter = self.engine._calls.get(message.correlation_id)
+        if waiter is None:
+            # A late reply (its caller gave up) or one for another client: tell the
+            # peer not to redeliver it here (REFERENCE §3.4).
+            link.message_modified(handle, True, True, None)
+        elif message.body is None:
+            waiter.heartbeat()
+            link.message_accepted(handle)
+        else:
+            waiter.deliver(bytes(message.encode()))
+            link.message_accepted(handle)
+        if link.capacity <= (self.credit + 1) // 2:
+            link.add_capacity(self.credit - link.capacity)
+
+
+class _Subscription:
+    """Receiver links on some addresses, feeding one queue of deliveries."""
+
+    def __init__(self, engine, addresses, credit):
+        self.engine = engine
+        self.addresses = list(addresses)
+        self.credit = credit
+        self.links = {}                  # address -> pyngus receiver
+        self._queue = collections.deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.closed = False
+
+    def attach(self, pyngus_conn):
+        for address in self.addresses:
+            name = f"fastamqp/receiver/[{address}]/{next(self.engine._ids)}"
+            link = pyngus_conn.create_receiver(address, address, event_handler=self,
+                                               name=name)
+            link.user_context = address
+            link.add_capacity(self.credit)
+            link.open()
+            self.links[address] = link
+
+    # pyngus ReceiverEventHandler (I/O thread)
+    def receiver_active(self, link):
+        pass
+
+    def receiver_remote_closed(self, link, condition):
+        LOG.warning("peer detached the receiver link on %s: %s", link.user_context,
+                    condition)
+        self.engine._receiver_lost(self, link.user_context)
+
+    def receiver_closed(self, link):
+        pass
+
+    def receiver_failed(self, link, error):
+        self.engine._receiver_lost(self, link.user_context)
+
+    def message_received(self, link, message, handle):
+        delivery = Delivery(bytes(message.encode()), link.user_context,
+                            (self.engine._generation, link, handle))
+        with self._cond:
+            self._queue.append(delivery)
+            self._cond.notify()
+
+    # any thread
+    def poll(self, max_batch, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._queue and not self._stopped:
+                if deadline is None:
+                    self._cond.wait()
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch = []
+            while self._queue and len(batch) < max_batch:
+                batch.append(self._queue.popleft())
+            return batch
+
+    def settle(self, delivery, outcome):
+        self.engine._call_soon(lambda: self._settle(delivery, outcome))
+
+    def _settle(self, delivery, outcome):
+        generation, link, handle = delivery.token
+        if generation != self.engine._generation or link.closed:
+            return  # its connection is gone: the peer has already released it
+        if outcome is Outcome.ACCEPTED:
+            link.message_accepted(handle)
+        elif outcome is Outcome.RELEASED:
+            link.message_released(handle)
+        elif outcome is Outcome.REJECTED:
+            link.message_rejected(handle)
+        else:
+            link.message_modified(handle, True, False, None)
+        # Credit comes back only as messages are settled: unacknowledged messages are
+        # the back-pressure (REFERENCE §3.6).
+        if link.capacity <= (self.credit + 1) // 2:
+            link.add_capacity(self.credit - link.capacity)
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def close(self):
+        self.stop()
+        done = threading.Event()
+
+        def detach():
+            self.closed = True
+            self.engine._subscriptions.discard(self)
+            for link in self.links.values():
+                link.close()
+            self.links.clear()
+            done.set()
+        self.engine._call_soon(detach)
+        done.wait(5)
+
+
+class Connection:
+    """See fastamqp.interface.Connection."""
+
+    def __init__(self, hosts, settings):
+        if not hosts:
+            raise exceptions.ConfigurationError("no host to connect to")
+        self._hosts = list(hosts)
+        self._settings = settings
+        self._ids = itertools.count(1)
+        self._commands = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._container = pyngus.Container(settings.container_id)
+        self._thread = None
+        self._closing = False
+        self._stopped = threading.Event()
+        self._active = threading.Event()
+        self._reply_ready = threading.Event()
+        self._peer = None
+        self._error = None
+        self._host_index = 0
+        self._delay = settings.retry_interval
+        self._reconnect_at = 0.0
+        self._sock = None
+        self._pconn = None
+        self._generation = 0
+        self._senders = {}
+        self._deadlines = []         # heap of (deadline, seq, _Send)
+        self._resubmit = []          # in-doubt sends waiting for the next connection
+        self._written = []           # pre-settled sends written since the last flush
+        self._subscriptions = set()
+        self._reply = _ReplyLink(self, settings.reply_link_credit)
+        self._calls = {}
+        self._timers = []            # heap of (when, seq, fn)
+
+    # ---- lifecycle (any thread) -----------------------------------------------
+    def start(self):
+        self._thread = threading.Thread(
+            target=self._run, daemon=True,
+            name=f"fastamqp I/O {self._settings.container_id}")
+        self._thread.start()
+
+    def wait_active(self, timeout):
+        if not self._active.wait(timeout):
+            if self._error is not None:
+                raise self._error
+            raise exceptions.ConnectionFailed(
+                f"not connected after {timeout} s to any of {self._hosts}")
+        return self._peer
+
+    @property
+    def peer(self):
+        return self._peer
+
+    @property
+    def active(self):
+        return self._active.is_set()
+
+    def close(self, timeout=30.0):
+        if self._thread is None or self._closing:
+            return
+        self._closing = True
+        self._call_soon(self._begin_close)
+        self._thread.join(timeout)
+
+    # ---- operations (any thread) ----------------------------------------------
+    def send(self, address, payload, *, presettled, deadline, retry=None):
+        send = _Send(address, payload, presettled, deadline, retry)
+        self._call_soon(lambda: self._submit(send))
+        send.done.wait(max(0.0, deadline - time.monotonic()) + 1.0)
+        if not send.done.is_set():  # the I/O thread is stuck: never hang the caller
+            send.finish(error=exceptions.SendTimeout(f"send to {address} timed out"))
+        if send.error is not None:
+            raise send.error
+        return send.result
+
+    def reply_address(self, deadline):
+        if not self._reply_ready.wait(max(0.0, deadline - time.monotonic())):
+            raise exceptions.SendTimeout("the reply link is not attached")
+        return self._reply.address
+
+    def expect_reply(self, message_id):
+        waiter = _ReplyWaiter(self, message_id)
+        self._calls[message_id] = waiter
+        return waiter
+
+    def subscribe(self, addresses, credit):
+        sub = _Subscription(self, addresses, credit)
+        attached = threading.Event()
+
+        def add():
+            self._subscriptions.add(sub)
+            if self._pconn is not None and self._active.is_set():
+                sub.attach(self._pconn)
+            attached.set()
+        self._call_soon(add)
+        attached.wait(5)
+        return sub
+
+    # ---- the I/O thread -------------------------------------------------------
+    def _call_soon(self, fn):
+        self._commands.append(fn)
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is awake anyway
+
+    def _later(self, delay, fn):
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
+
+    def _run(self):
+        try:
+            self._connect()
+            while not self._stopped.is_set():
+                self._loop_once()
+        except Exception:  # pragma: no cover - a bug: make it visible, then stop
+            LOG.exception("fastamqp I/O thread crashed")
+            self._fail_everything(exceptions.EngineClosed("the I/O thread crashed"))
+        finally:
+            self._teardown_socket()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _loop_once(self):
+        now = time.monotonic()
+        timeout = 1.0
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - now))
+        readers, writers = [self._wake_r], []
+        if self._pconn is not None:
+            deadline = self._pconn.deadline
+            if deadline:
+                timeout = min(timeout, max(0.0, deadline - now))
+            if self._pconn.needs_input > 0:
+                readers.append(self._sock)
+            if self._pconn.has_output > 0:
+                writers.append(self._sock)
+        try:
+            readable, writable, _ = select.select(readers, writers, [], timeout)
+        except (OSError, ValueError):  # the socket was closed under us
+            readable, writable = [], []
+            self._connection_lost("socket error")
+        if self._wake_r in readable:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        while self._commands:
+            self._commands.popleft()()
+        pconn, sock = self._pconn, self._sock
+        if pconn is not None:
+            # Each step can end in a callback that loses the connection
+            # (_connection_lost sets self._pconn to None): re-check between steps.
+            try:
+                if sock in readable:
+                    pyngus.read_socket_input(pconn, sock)
+                if self._pconn is pconn:
+                    pconn.process(time.monotonic())
+                if self._pconn is pconn:
+                    pyngus.write_socket_output(pconn, sock)
+            except (OSError, socket.error) as exc:
+                self._connection_lost(f"socket error: {exc}")
+            except proton.ProtonException as exc:
+                self._connection_lost(f"protocol error: {exc}")
+            else:
+                self._flush_written()
+                if self._pconn is not None and self._pconn.closed:
+                    self._connection_lost("connection closed")
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            heapq.heappop(self._timers)[2]()
+        self._expire_sends(now)
+
+    def _flush_written(self):
+        # Pre-settled transfers were handed to the transport before this write.
+        if self._written and (self._pconn is None or self._pconn.has_output <= 0):
+            for send in self._written:
+                send.finish(SendResult(Outcome.ACCEPTED))
+            self._written.clear()
+
+    def _expire_sends(self, now):
+        while self._deadlines and self._deadlines[0][0] <= now:
+            send = heapq.heappop(self._deadlines)[2]
+            send.finish(error=exceptions.SendTimeout(
+                f"no outcome for the message to {send.address} before its deadline"))
+
+    # ---- connection management (I/O thread) -----------------------------------
+    def _connect(self):
+        if self._closing:
+            return
+        host = self._hosts[self._host_index % len(self._hosts)]
+        self._host_index += 1
+        self._generation += 1
+        props = {"properties": dict(self._settings.properties)}
+        if self._settings.virtual_host:
+            props["hostname"] = self._settings.virtual_host
+        if self._settings.idle_timeout:
+            props["idle-time-out"] = float(self._settings.idle_timeout)
+        if self._settings.trace:
+            props["x-trace-protocol"] = True
+        if host.username:
+            props["x-username"] = host.username
+            props["x-password"] = host.password or ""
+        if self._settings.sasl_mechanisms:
+            props["x-sasl-mechs"] = self._settings.sasl_mechanisms
+        elif not host.username:
+            props["x-sasl-mechs"] = "ANONYMOUS"
+        try:
+            sock = socket.create_connection((host.hostname, host.port), timeout=10)
+        except OSError as exc:
+            LOG.warning("cannot connect to %s: %s", host, exc)
+            self._error = exceptions.ConnectionFailed(f"cannot connect to {host!r}: {exc}")
+            self._schedule_reconnect()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self._sock = sock
+        self._current_host = host
+        self._pconn = self._container.create_connection(
+            f"fastamqp-{self._generation}", self, props)
+        self._pconn.user_context = host
+        self._pconn.open()
+
+    def _schedule_reconnect(self):
+        if self._closing:
+            return
+        delay = self._delay
+        # Multiplied, as the original driver did (its help text said "added").
+        self._delay = min(self._delay * self._settings.retry_backoff,
+                          self._settings.retry_interval_max)
+        self._later(delay, self._connect)
+
+    def _teardown_socket(self):
+        if self._pconn is not None:
+            try:
+                self._pconn.destroy()
+            except Exception:  # pyngus can raise while destroying a failed connection
+                pass
+            self._pconn = None
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    def _connection_lost(self, reason):
+        if self._pconn is None:
+            return
+        LOG.warning("connection to %s lost: %s", getattr(self, "_current_host", "?"),
+                    reason)
+        self._active.clear()
+        self._reply_ready.clear()
+        self._teardown_socket()
+        lost = exceptions.ConnectionFailed(f"connection lost: {reason}")
+        # Calls in flight lose their reply route with the reply link.
+        for waiter in list(self._calls.values()):
+            waiter.fail(lost)
+        # Sends whose outcome is unknown go again on the next connection, while their
+        # budget and deadline allow; a pre-settled one not yet written goes again too.
+        for sender in self._senders.values():
+            for send in list(sender.in_flight.values()) + list(sender.waiting):
+                if send.may_retry():
+                    self._resubmit.append(send)
+                else:
+                    send.finish(error=exceptions.SendFailure(
+                        f"connection lost before the peer settled the message to "
+                        f"{send.address}, and its retries are spent"))
+        # Pre-settled sends handed to the transport but perhaps not to the socket.
+        for send in self._written:
+            if send.may_retry():
+                self._resubmit.append(send)
+            else:
+                send.finish(error=exceptions.SendFailure(
+                    f"connection lost while writing the message to {send.address}"))
+        self._written.clear()
+        self._senders.clear()
+        if self._closing:
+            self._finish_close()
+            return
+        self._schedule_reconnect()
+
+    def _begin_close(self):
+        self._closing = True
+        for sub in list(self._subscriptions):
+            sub.stop()
+        if self._pconn is not None and self._active.is_set():
+            self._pconn.close()
+            self._later(2.0, self._finish_close)  # do not wait forever for the peer
+        else:
+            self._finish_close()
+
+    def _finish_close(self):
+        self._fail_everything(exceptions.EngineClosed("the connection was closed"))
+        self._stopped.set()
+
+    def _fail_everything(self, error):
+        for waiter in list(self._calls.values()):
+            waiter.fail(error)
+        for _, _, send in self._deadlines:
+            send.finish(error=error)
+        for send in self._resubmit:
+            send.finish(error=error)
+        for sub in list(self._subscriptions):
+            sub.stop()
+
+    def _submit(self, send):
+        if self._closing:
+            send.finish(error=exceptions.EngineClosed("the connection is closing"))
+            return
+        if send.done.is_set():
+            return  # timed out while waiting for a connection or a retry
+        heapq.heappush(self._deadlines, (send.deadline, next(self._ids), send))
+        sender = self._senders.get(send.address)
+        if sender is None:
+            sender = self._senders[send.address] = _Sender(self, send.address)
+            if self._pconn is not None and self._active.is_set():
+                sender.attach(self._pconn)
+        sender.submit(send)
+
+    def _sender_lost(self, sender, reason):
+        if self._senders.get(sender.address) is not sender:
+            return
+        del self._senders[sender.address]
+        try:
+            sender.link.close()
+        except Exception:
+            pass
+        for send in list(sender.in_flight.values()) + list(sender.waiting):
+            if send.may_retry():
+                self._later(self._settings.link_retry_delay,
+                            lambda s=send: self._submit(s))
+            else:
+                send.finish(error=exceptions.SendFailure(
+                    f"the peer detached the link to {sender.address}: {reason}"))
+
+    def _receiver_lost(self, sub, address):
+        link = sub.links.pop(address, None)
+        if link is not None:
+            try:
+                link.close()
+            except Exception:
+                pass
+
+        def reattach():
+            if sub.closed or self._pconn is None or not self._active.is_set():
+                return
+            name = f"fastamqp/receiver/[{address}]/{next(self._ids)}"
+            new = self._pconn.create_receiver(address, address, event_handler=sub,
+                                              name=name)
+            new.user_context = address
+            new.add_capacity(sub.credit)
+            new.open()
+            sub.links[address] = new
+        self._later(self._settings.link_retry_delay, reattach)
+
+    # ---- pyngus ConnectionEventHandler (I/O thread) ----------------------------
+    def connection_active(self, pconn):
+        props = pconn.remote_properties or {}
+        self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
+                              {str(k): v for k, v in props.items()})
+        self._delay = self._settings.retry_interval
+        self._error = None
+        self._reply.attach(pconn)
+        for sub in self._subscriptions:
+            sub.links.clear()
+            sub.attach(pconn)
+        resubmit, self._resubmit = self._resubmit or [], []
+        self._active.set()
+        for send in resubmit:
+            self._submit(send)
+        for sender in self._senders.values():
+            if sender.link is None:
+                sender.attach(pconn)
+
+    def connection_failed(self, pconn, error):
+        self._connection_lost(f"connection failed: {error}")
+
+    def connection_remote_closed(self, pconn, condition):
+        if condition is not None and "unauthorized" in str(condition.name):
+            self._error = exceptions.AuthenticationError(
+                f"authentication failed: {condition.name}: {condition.description}")
+        pconn.close()
+        self._connection_lost(f"peer closed the connection: {condition}")
+
+    def connection_closed(self, pconn):
+        self._connection_lost("connection closed")
+
+    def sender_requested(self, *args, **kwargs):
+        pass  # we never accept links the peer opens
+
+    def receiver_requested(self, *args, **kwargs):
+        pass
+
+    def sasl_step(self, pconn, pn_sasl):
+        pass
+
+    def sasl_done(self, pconn, pn_sasl, result):
+        if result != proton.SASL.OK:
+            host = pconn.user_context
+            self._error = exceptions.AuthenticationError(
+                f"SASL authentication with {host!r} failed (mechanism "
+                f"{pn_sasl.mech or 'none agreed'})")
+            LOG.error("%s", self._error)

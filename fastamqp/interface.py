@@ -1,0 +1,129 @@
+"""The engine interface: what the driver asks of a connection engine.
+
+Both engines -- the C one (``_core``, native I/O thread) and the pure-Python reference
+(``_pure.connection``, on pyngus) -- implement :class:`Connection`. The driver speaks
+only this interface and AMQP message bytes from ``fastamqp.codec``; it never sees a
+Proton or pyngus object. All methods are safe to call from any thread.
+
+Threading contract: each engine runs one I/O thread per connection. Calls from other
+threads queue work for it and wait (for the C engine, with the GIL released).
+Deadlines are ``time.monotonic()`` values.
+"""
+import dataclasses
+import enum
+from typing import Optional, Protocol, Sequence
+
+
+class Outcome(str, enum.Enum):
+    """The terminal delivery states of AMQP 1.0 (part 3.4)."""
+
+    ACCEPTED = "accepted"
+    RELEASED = "released"
+    MODIFIED = "modified"
+    REJECTED = "rejected"
+
+
+@dataclasses.dataclass(frozen=True)
+class SendResult:
+    """How the peer settled a message. Pre-settled sends report ACCEPTED once the
+    message has been written to the connection."""
+
+    outcome: Outcome
+    delivery_failed: bool = False       # MODIFIED only
+    undeliverable_here: bool = False    # MODIFIED only
+    condition: Optional[str] = None     # REJECTED: the error condition, e.g. amqp:not-found
+    description: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    hostname: str = "localhost"
+    port: int = 5672
+    username: Optional[str] = None
+    password: Optional[str] = None
+
+    def __repr__(self):  # never the password: reprs end up in logs
+        user = f"{self.username}:****@" if self.username else ""
+        return f"Host({user}{self.hostname}:{self.port})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionSettings:
+    """What shapes a connection; built by the driver from [oslo_messaging_amqp]."""
+
+    container_id: str
+    properties: dict = dataclasses.field(default_factory=dict)   # Open properties
+    virtual_host: Optional[str] = None    # sent as Open hostname (pseudo_vhost=False)
+    idle_timeout: float = 0
+    retry_interval: float = 1
+    retry_backoff: float = 2
+    retry_interval_max: float = 30
+    link_retry_delay: float = 10
+    reply_link_credit: int = 200
+    sasl_mechanisms: str = ""
+    trace: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerInfo:
+    """Who we are connected to (the remote Open)."""
+
+    host: Host
+    container_id: Optional[str]
+    properties: dict
+
+    @property
+    def product(self):
+        return self.properties.get("product")
+
+    @property
+    def version(self):
+        return self.properties.get("version")
+
+
+@dataclasses.dataclass
+class Delivery:
+    """A message received on a subscription, until settled."""
+
+    payload: bytes
+    address: str
+    token: object = dataclasses.field(repr=False, default=None)  # engine's handle
+
+
+class Subscription(Protocol):
+    """Receiver links on a set of addresses feeding one queue (an oslo listener)."""
+
+    addresses: Sequence[str]
+
+    def poll(self, max_batch: int, timeout: Optional[float]) -> list: ...
+    def settle(self, delivery: Delivery, outcome: Outcome) -> None: ...
+    def stop(self) -> None: ...    # unblock poll(); no more deliveries
+    def close(self) -> None: ...   # detach the links
+
+
+class ReplyWaiter(Protocol):
+    def wait(self, deadline: float, monitor_timeout: Optional[float] = None) -> bytes: ...
+    def cancel(self) -> None: ...
+
+
+class Connection(Protocol):
+    """One AMQP 1.0 connection with failover over ``hosts``, run by its own I/O thread.
+
+    Subscriptions and the reply link come back by themselves after a reconnection.
+    """
+
+    def start(self) -> None: ...
+    def wait_active(self, timeout: float) -> PeerInfo: ...
+    @property
+    def peer(self) -> Optional[PeerInfo]: ...    # the last peer, even while reconnecting
+    @property
+    def active(self) -> bool: ...                # connected and open right now
+    def close(self, timeout: float = 30.0) -> None: ...
+
+    def send(self, address: str, payload: bytes, *, presettled: bool, deadline: float,
+             retry: Optional[int] = None) -> SendResult: ...
+
+    def reply_address(self, deadline: float) -> str: ...
+    def expect_reply(self, message_id: str) -> ReplyWaiter: ...
+
+    def subscribe(self, addresses: Sequence[str], credit: int) -> Subscription: ...

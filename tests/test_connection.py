@@ -1,0 +1,307 @@
+"""The connection engine against the embedded intermediary, on real wire traffic.
+
+Parametrized over the engines: today the pure-Python reference on pyngus
+(fastamqp._pure.connection); the C engine joins the list when it exists and must pass
+every test here unchanged.
+"""
+import threading
+import time
+
+import pytest
+
+from fastamqp import exceptions
+from fastamqp._pure import connection as pure_connection
+from fastamqp.engine import py_codec as codec
+from fastamqp.interface import ConnectionSettings, Host, Outcome
+from fastamqp.intermediary import Intermediary
+
+ENGINES = [pytest.param(pure_connection.Connection, id="python")]
+TIMEOUT = 10
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    return request.param
+
+
+@pytest.fixture
+def router():
+    with Intermediary(mode="router") as im:
+        yield im
+
+
+@pytest.fixture
+def broker():
+    with Intermediary(mode="broker") as im:
+        yield im
+
+
+class Opened:
+    """Connections opened by a test, closed at its end."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.opened = []
+
+    def __call__(self, *intermediaries, **settings):
+        settings.setdefault("container_id", f"test-{len(self.opened)}")
+        settings.setdefault("link_retry_delay", 0.2)
+        settings.setdefault("retry_interval", 0.2)
+        hosts = [Host("127.0.0.1", im.port) for im in intermediaries]
+        conn = self.engine(hosts, ConnectionSettings(**settings))
+        conn.start()
+        conn.wait_active(TIMEOUT)
+        self.opened.append(conn)
+        return conn
+
+
+@pytest.fixture
+def connect(engine):
+    opened = Opened(engine)
+    yield opened
+    for conn in opened.opened:
+        conn.close(5)
+
+
+def deadline(seconds=TIMEOUT):
+    return time.monotonic() + seconds
+
+
+def request(address, method="m", **kw):
+    return codec.encode_request(address, {"method": method}, {}, **kw)
+
+
+def poll_one(sub, timeout=TIMEOUT):
+    batch = sub.poll(1, timeout)
+    assert batch, "nothing arrived"
+    return batch[0]
+
+
+@pytest.mark.parametrize("mode, product", [("router", "qpid-dispatch-router"),
+                                           ("broker", "qpid-cpp")])
+def test_peer_product(connect, mode, product):
+    with Intermediary(mode=mode) as im:
+        conn = connect(im)
+        assert conn.peer.product == product
+        assert conn.peer.version
+
+
+def test_send_and_receive_through_a_router(connect, router):
+    conn = connect(router)
+    sub = conn.subscribe(["openstack.org/om/rpc/anycast/openstack/compute"], 10)
+    time.sleep(0.2)  # the router gives senders credit once the consumer is known
+    address = "openstack.org/om/rpc/anycast/openstack/compute"
+    sent = {}
+
+    def send():
+        sent["result"] = conn.send(address, request(address), presettled=False,
+                                   deadline=deadline())
+    # Through a router the outcome is the consumer's: settle on another thread.
+    sender = threading.Thread(target=send)
+    sender.start()
+    delivery = poll_one(sub)
+    assert codec.decode(delivery.payload).request == {"method": "m"}
+    sub.settle(delivery, Outcome.ACCEPTED)
+    sender.join(TIMEOUT)
+    assert sent["result"].outcome is Outcome.ACCEPTED
+
+
+def test_consumer_outcome_is_relayed_end_to_end(connect, router):
+    conn = connect(router)
+    address = "openstack.org/om/rpc/unicast/openstack/compute/h1"
+    sub = conn.subscribe([address], 10)
+    time.sleep(0.2)
+    results = []
+    sender = threading.Thread(target=lambda: results.append(conn.send(
+        address, request(address), presettled=False, deadline=deadline())))
+    sender.start()
+    sub.settle(poll_one(sub), Outcome.REJECTED)
+    sender.join(TIMEOUT)
+    assert results[0].outcome is Outcome.REJECTED
+
+
+def test_store_and_forward_in_a_broker(connect, broker):
+    conn = connect(broker)
+    address = "unicast.openstack.compute"
+    for i in range(5):
+        result = conn.send(address, request(address, f"m{i}"), presettled=False,
+                           deadline=deadline())
+        assert result.outcome is Outcome.ACCEPTED     # the broker took ownership
+    sub = conn.subscribe([address], 10)
+    got = []
+    while len(got) < 5:
+        for delivery in sub.poll(5, TIMEOUT):
+            got.append(codec.decode(delivery.payload).request["method"])
+            sub.settle(delivery, Outcome.ACCEPTED)
+    assert got == [f"m{i}" for i in range(5)]
+
+
+def test_rpc_call_with_dynamic_reply_address_and_heartbeats(connect, router):
+    server = connect(router)
+    client = connect(router)
+    address = "openstack.org/om/rpc/anycast/openstack/svc"
+    sub = server.subscribe([address], 10)
+    time.sleep(0.2)
+    reply_to = client.reply_address(deadline())
+    assert reply_to.startswith("amqp:/_topo/0/")
+
+    def serve():
+        delivery = poll_one(sub)
+        sub.settle(delivery, Outcome.ACCEPTED)
+        req = codec.decode(delivery.payload)
+        for _ in range(3):   # a slow method, kept alive by heartbeats
+            time.sleep(0.3)
+            server.send(req.reply_to, codec.encode_heartbeat(req.reply_to,
+                                                             req.message_id, 5),
+                        presettled=True, deadline=deadline())
+        server.send(req.reply_to, codec.encode_reply(req.reply_to, req.message_id,
+                                                     response={"answer": 42}),
+                    presettled=True, deadline=deadline())
+    worker = threading.Thread(target=serve)
+    worker.start()
+    waiter = client.expect_reply("call-1")
+    client.send(address, request(address, message_id="call-1", reply_to=reply_to),
+                presettled=False, deadline=deadline())
+    # 0.9 s of work, monitored at 0.5 s: only the heartbeats keep the call alive.
+    reply = codec.decode(waiter.wait(deadline(), monitor_timeout=0.5))
+    worker.join(TIMEOUT)
+    assert reply.response == {"answer": 42}
+
+
+def test_call_monitor_times_out_without_heartbeats(connect, router):
+    client = connect(router)
+    client.reply_address(deadline())
+    waiter = client.expect_reply("silent")
+    started = time.monotonic()
+    with pytest.raises(exceptions.CallMonitorTimeout):
+        waiter.wait(deadline(), monitor_timeout=0.3)
+    assert time.monotonic() - started < 2
+
+
+def test_late_reply_is_refused_with_modified(connect, router):
+    client = connect(router)
+    server = connect(router)
+    reply_to = client.reply_address(deadline())
+    result = server.send(reply_to, codec.encode_reply(reply_to, "nobody-waits",
+                                                      response=1),
+                         presettled=False, deadline=deadline())
+    assert result.outcome is Outcome.MODIFIED
+    assert result.undeliverable_here and result.delivery_failed
+
+
+def test_send_without_consumer_gets_no_credit(connect, router):
+    conn = connect(router)
+    # Multicast and anycast senders get no credit without a consumer (qdrouterd):
+    # the send ends at its deadline, never "succeeds".
+    with pytest.raises(exceptions.SendTimeout):
+        conn.send("openstack.org/om/rpc/anycast/openstack/nobody", request("x"),
+                  presettled=False, deadline=deadline(0.5))
+
+
+@pytest.mark.parametrize("outcome", ["released", "modified", "rejected"])
+def test_peer_outcomes(connect, broker, outcome):
+    broker.faults.set_outcome("unicast.bad", outcome)
+    conn = connect(broker)
+    result = conn.send("unicast.bad", request("unicast.bad"), presettled=False,
+                       deadline=deadline())
+    assert result.outcome is Outcome(outcome)
+
+
+def test_presettled_send_waits_for_credit(connect, broker):
+    broker.faults.withhold_credit("unicast.slow")
+    conn = connect(broker)
+    # No credit: the message cannot be written, so the send must not report success.
+    with pytest.raises(exceptions.SendTimeout):
+        conn.send("unicast.slow", request("unicast.slow"), presettled=True,
+                  deadline=deadline(0.5))
+    assert broker.counters["received"] == 0
+    broker.faults.withhold_credit("unicast.slow", False)
+    broker.faults.close_links("unicast.slow")   # a new link gets the new credit rules
+    time.sleep(0.5)
+    result = conn.send("unicast.slow", request("unicast.slow"), presettled=True,
+                       deadline=deadline())
+    assert result.outcome is Outcome.ACCEPTED
+
+
+def test_failover_to_the_second_host(connect):
+    with Intermediary(mode="broker") as first, Intermediary(mode="router") as second:
+        conn = connect(first, second)
+        assert conn.peer.product == "qpid-cpp"
+        address = "openstack.org/om/rpc/anycast/openstack/fo"
+        sub = conn.subscribe([address], 10)
+        first.stop()
+        end = time.monotonic() + TIMEOUT
+        while conn.peer is None or conn.peer.product != "qpid-dispatch-router":
+            assert time.monotonic() < end, "no failover"
+            time.sleep(0.05)
+        conn.wait_active(TIMEOUT)
+        time.sleep(0.3)  # the subscription is re-attached on the new connection
+        conn.send(address, request(address), presettled=True, deadline=deadline())
+        assert codec.decode(poll_one(sub).payload).request == {"method": "m"}
+
+
+def test_heartbeat_loss_is_detected(connect, broker):
+    conn = connect(broker, idle_timeout=1)
+    broker.faults.pause()
+    started = time.monotonic()
+    while conn.active:
+        assert time.monotonic() - started < 2 * 1 + 1, "silent peer not detected"
+        time.sleep(0.02)
+    # Detected within 2 x idle_timeout (plus scheduling slack) ...
+    assert time.monotonic() - started < 3
+    broker.faults.resume()
+    # ... and the engine reconnects by itself once the peer answers again.
+    conn.wait_active(TIMEOUT)
+
+
+def test_link_detached_by_the_peer_comes_back(connect, broker):
+    conn = connect(broker)
+    address = "unicast.detach"
+    sub = conn.subscribe([address], 10)
+    time.sleep(0.2)
+    assert broker.faults.close_links(address) >= 1
+    time.sleep(1.0)   # link_retry_delay is 0.2 s here
+    conn.send(address, request(address), presettled=False, deadline=deadline())
+    assert codec.decode(poll_one(sub).payload).request == {"method": "m"}
+
+
+def test_many_calls_outstanding(connect, broker):
+    """Hundreds of calls in flight on one connection, answered out of order."""
+    client = connect(broker)
+    server = connect(broker)
+    address = "unicast.many"
+    sub = server.subscribe([address], 200)
+    reply_to = client.reply_address(deadline())
+    count = 300
+    waiters = {f"c{i}": client.expect_reply(f"c{i}") for i in range(count)}
+    for mid in waiters:
+        client.send(address, request(address, message_id=mid, reply_to=reply_to),
+                    presettled=True, deadline=deadline())
+    pending = []
+    while len(pending) < count:
+        for delivery in sub.poll(100, TIMEOUT):
+            sub.settle(delivery, Outcome.ACCEPTED)
+            pending.append(codec.decode(delivery.payload))
+    for req in reversed(pending):
+        server.send(req.reply_to, codec.encode_reply(req.reply_to, req.message_id,
+                                                     response=req.message_id),
+                    presettled=True, deadline=deadline())
+    for mid, waiter in waiters.items():
+        assert codec.decode(waiter.wait(deadline())).response == mid
+
+
+def test_engine_satisfies_the_interface(engine):
+    """Every method of fastamqp.interface.Connection, with the same parameters."""
+    import inspect
+
+    from fastamqp import interface
+    for name, member in vars(interface.Connection).items():
+        if name.startswith("_"):
+            continue
+        ours = getattr(engine, name, None)
+        assert ours is not None, f"{engine.__name__} lacks {name}"
+        if isinstance(member, property):
+            assert isinstance(ours, property), name
+            continue
+        expected = list(inspect.signature(member).parameters)
+        assert list(inspect.signature(ours).parameters) == expected, name

@@ -1,0 +1,520 @@
+"""The embedded intermediary against independent python-qpid-proton clients.
+
+Every check goes over real AMQP on 127.0.0.1 ephemeral ports; the clients are plain
+proton.utils blocking clients, never fastamqp code. Every blocking call has a timeout
+of a few seconds, so a regression fails instead of hanging.
+"""
+import time
+import uuid
+
+import pytest
+from proton import ConnectionException, Delivery, Message, Timeout, symbol
+from proton.reactor import AtMostOnce
+from proton.utils import BlockingConnection, LinkDetached, SendException
+
+from fastamqp.intermediary import Intermediary, routing
+
+T = 5.0        # ordinary wait
+SHORT = 0.5    # wait that is expected to expire
+
+ANYCAST = "openstack.org/om/rpc/anycast/openstack/compute"
+UNICAST = "openstack.org/om/rpc/unicast/openstack/compute/host1"
+MULTICAST = "openstack.org/om/rpc/multicast/openstack/compute"
+
+
+@pytest.fixture
+def router():
+    im = Intermediary(mode="router")
+    im.start()
+    yield im
+    im.stop()
+
+
+@pytest.fixture
+def broker():
+    im = Intermediary(mode="broker")
+    im.start()
+    yield im
+    im.stop()
+
+
+@pytest.fixture
+def make_im():
+    """Intermediaries made inside a test; list it before ``connect`` so the clients
+    are closed first (closing against a stopped peer waits for a timeout)."""
+    made = []
+
+    def _make(**kw):
+        im = Intermediary(**kw).start()
+        made.append(im)
+        return im
+    yield _make
+    for im in made:
+        im.stop()
+
+
+@pytest.fixture
+def connect():
+    """Open blocking client connections, all closed (best effort) at teardown."""
+    opened = []
+
+    def _connect(im, **kw):
+        c = BlockingConnection(im.url, timeout=T, **kw)
+        opened.append(c)
+        return c
+    yield _connect
+    for c in opened:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def rx(conn, address, **kw):
+    # proton's Container names links "<container>-<address>", so a second link to the
+    # same address on one connection would reuse a name; always pass a unique one.
+    return conn.create_receiver(address, name=uuid.uuid4().hex, **kw)
+
+
+def tx(conn, address, **kw):
+    return conn.create_sender(address, name=uuid.uuid4().hex, **kw)
+
+
+def pump(conn, secs=0.1):
+    """Let a blocking client process I/O for a while without waiting for anything."""
+    try:
+        conn.wait(lambda: False, timeout=secs)
+    except Timeout:
+        pass
+
+
+def until(pred, conns=(), timeout=T):
+    deadline = time.monotonic() + timeout
+    while True:
+        for c in conns:
+            pump(c, 0.02)
+        if pred():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within %ss" % timeout)
+        time.sleep(0.01)
+
+
+def vanish(conn):
+    """Drop a client's TCP connection without detaching links or settling anything."""
+    conn.conn.transport.close_tail()
+    conn.conn.transport.close_head()
+    try:
+        pump(conn, 0.1)
+    except ConnectionException:
+        pass
+
+
+def drain(rcv, n, accept=True):
+    bodies = []
+    for _ in range(n):
+        bodies.append(rcv.receive(timeout=T).body)
+        if accept:
+            rcv.accept()
+    return bodies
+
+
+def send_async(snd, body):
+    """Unsettled send that does not wait for the outcome (the consumer may be us)."""
+    return snd.link.send(Message(body=body))
+
+
+# -- both modes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode,product", [("router", "qpid-dispatch-router"),
+                                          ("broker", "qpid-cpp")])
+def test_open_properties(mode, product, make_im, connect):
+    im = make_im(mode=mode)
+    assert im.url == "amqp://127.0.0.1:%d" % im.port and im.port > 0
+    c = connect(im)
+    props = c.conn.remote_properties
+    assert props[symbol("product")] == product
+    assert props[symbol("version")]
+    assert c.conn.remote_container
+    assert im.counters["connections"] == 1
+
+
+def test_product_override_and_several_listeners(connect):
+    with Intermediary(mode="router", product="router",
+                      listen=[("127.0.0.1", 0), ("127.0.0.1", 0)]) as im:
+        assert len(im.ports) == 2 and len(set(im.ports)) == 2
+        for url in im.urls:
+            c = BlockingConnection(url, timeout=T)
+            try:
+                assert c.conn.remote_properties[symbol("product")] == "router"
+            finally:
+                c.close()
+
+
+def test_address_table_defaults():
+    t = routing.AddressTable(routing.ROUTER_ADDRESSES, routing.BALANCED)
+    assert t.lookup("unicast.openstack.compute") == routing.CLOSEST
+    assert t.lookup("exclusive.openstack.compute.host1") == routing.CLOSEST
+    assert t.lookup("broadcast.openstack.compute.all") == routing.MULTICAST
+    assert t.lookup(ANYCAST) == routing.BALANCED
+    assert t.lookup(UNICAST) == routing.CLOSEST
+    assert t.lookup(MULTICAST) == routing.MULTICAST
+    assert t.lookup("openstack.org/om/notify/anycast/openstack/notifications.info") \
+        == routing.BALANCED
+    assert t.lookup("unicastfoo") == routing.BALANCED   # token boundary
+    assert t.lookup("something/else") == routing.BALANCED
+
+
+# -- router ----------------------------------------------------------------------------
+
+def test_router_balanced_spreads_over_consumers(router, connect):
+    c = connect(router)
+    r1 = rx(c, ANYCAST, credit=10)
+    r2 = rx(c, ANYCAST, credit=10)
+    s = tx(c, ANYCAST)
+    until(lambda: s.link.credit > 0, [c])
+    sent = [send_async(s, i) for i in range(10)]
+    got1, got2 = drain(r1, 5), drain(r2, 5)
+    assert sorted(got1 + got2) == list(range(10))
+    c.wait(lambda: all(d.settled for d in sent), timeout=T)
+    assert all(d.remote_state == Delivery.ACCEPTED for d in sent)
+
+
+def test_router_closest(router, connect):
+    c = connect(router)
+    r1 = rx(c, UNICAST, credit=10)
+    s = tx(c, UNICAST, options=AtMostOnce())
+    until(lambda: s.link.credit > 0, [c])
+    for i in range(4):
+        s.send(Message(body=i), timeout=T)
+    assert drain(r1, 4, accept=False) == [0, 1, 2, 3]
+    r2 = rx(c, UNICAST, credit=10)
+    for i in range(4, 10):
+        s.send(Message(body=i), timeout=T)
+    got = []
+    until(lambda: got.extend(_ready(r1) + _ready(r2)) or len(got) >= 6, [c])
+    assert sorted(got) == list(range(4, 10))
+
+
+def _ready(rcv):
+    out = []
+    while rcv.fetcher.has_message:
+        out.append(rcv.receive(timeout=T).body)   # pre-settled: nothing to accept
+    return out
+
+
+def test_router_multicast_fans_out(router, connect):
+    c = connect(router)
+    rcvs = [rx(c, MULTICAST, credit=10) for _ in range(3)]
+    s = tx(c, MULTICAST)
+    until(lambda: s.link.credit > 0, [c])
+    for i in range(3):
+        d = s.send(Message(body=i), timeout=T)   # accepted by the router itself
+        assert d.remote_state == Delivery.ACCEPTED
+    for r in rcvs:
+        assert drain(r, 3, accept=False) == [0, 1, 2]
+        # multicast copies arrive pre-settled
+        assert not r.fetcher.unsettled
+    assert router.counters["forwarded"] == 9
+
+
+def test_router_multicast_no_credit_without_consumer(router, connect):
+    c = connect(router)
+    s = tx(c, MULTICAST)
+    pump(c, 0.3)
+    assert s.link.credit == 0
+    rx(c, MULTICAST, credit=1)
+    until(lambda: s.link.credit > 0, [c])
+
+
+def test_router_releases_when_no_consumer(router, connect):
+    c = connect(router)
+    r = rx(c, ANYCAST, credit=5)
+    s = tx(c, ANYCAST)
+    until(lambda: s.link.credit == routing.DEFAULT_WINDOW, [c])
+    r.close()
+    with pytest.raises(SendException) as e:
+        s.send(Message(body="lost"), timeout=T)
+    assert e.value.state == Delivery.RELEASED
+    # DISPATCH-1012: no replacement credit while the address is unreachable
+    pump(c, 0.3)
+    assert s.link.credit == routing.DEFAULT_WINDOW - 1
+    assert router.counters["released"] == 1
+
+
+def test_router_presettled_without_consumer_is_dropped(router, connect):
+    c = connect(router)
+    r = rx(c, ANYCAST, credit=5)
+    s = tx(c, ANYCAST, options=AtMostOnce())
+    until(lambda: s.link.credit > 0, [c])
+    r.close()
+    s.send(Message(body="gone"), timeout=T)
+    until(lambda: router.counters["dropped"] == 1, [c])
+    assert router.counters["addresses"][ANYCAST]["dropped"] == 1
+
+
+@pytest.mark.parametrize("action,state", [("accept", Delivery.ACCEPTED),
+                                          ("reject", Delivery.REJECTED),
+                                          ("release", Delivery.RELEASED),
+                                          ("modify", Delivery.MODIFIED)])
+def test_router_relays_consumer_outcome(router, connect, action, state):
+    c = connect(router)
+    r = rx(c, ANYCAST, credit=1)
+    s = tx(c, ANYCAST)
+    until(lambda: s.link.credit > 0, [c])
+    d = send_async(s, "x")
+    assert r.receive(timeout=T).body == "x"
+    pump(c, 0.1)
+    assert not d.settled          # the router waits for the consumer's outcome
+    if action == "accept":
+        r.accept()
+    elif action == "reject":
+        r.reject()
+    elif action == "release":
+        r.release(delivered=False)
+    else:
+        # BlockingReceiver.release(delivered=True) sends MODIFIED without the
+        # delivery-failed flag, so set the flags on the delivery itself.
+        dlv = r.fetcher.unsettled[0]
+        dlv.local.failed = True
+        dlv.local.undeliverable = True
+        r.settle(Delivery.MODIFIED)
+    c.wait(lambda: d.settled, timeout=T)
+    assert d.remote_state == state
+    if action == "modify":
+        assert d.remote.failed and d.remote.undeliverable
+
+
+def test_router_dynamic_source(router, connect):
+    c = connect(router)
+    r = rx(c, None, dynamic=True, credit=5)
+    addr = r.link.remote_source.address
+    assert addr.startswith("amqp:/_topo/0/fastamqp/temp.")
+    s = tx(c, addr)
+    until(lambda: s.link.credit > 0, [c])
+    d = send_async(s, "reply")
+    assert r.receive(timeout=T).body == "reply"
+    r.accept()
+    c.wait(lambda: d.settled, timeout=T)
+    assert d.remote_state == Delivery.ACCEPTED
+
+
+def test_router_credit_waits_for_consumer(router, connect):
+    c = connect(router)
+    s = tx(c, ANYCAST)
+    pump(c, 0.3)
+    assert s.link.credit == 0
+    with pytest.raises(Timeout):
+        s.send(Message(body="early"), timeout=SHORT)
+    r = rx(c, ANYCAST, credit=5)
+    # the queued delivery goes out once the consumer makes the address reachable
+    assert r.receive(timeout=T).body == "early"
+    r.accept()
+    until(lambda: s.link.credit == routing.DEFAULT_WINDOW, [c])
+
+
+def test_router_consumer_disconnect_releases_in_flight(router, connect):
+    prod = connect(router)
+    cons = connect(router)
+    r = rx(cons, ANYCAST, credit=1)
+    s = tx(prod, ANYCAST)
+    until(lambda: s.link.credit > 0, [prod])
+    d = send_async(s, "in flight")
+    pump(prod)
+    assert r.receive(timeout=T).body == "in flight"
+    vanish(cons)
+    prod.wait(lambda: d.settled, timeout=T)
+    assert d.remote_state == Delivery.RELEASED
+    until(lambda: router.counters["connections"] == 1, [prod])
+
+
+# -- broker ----------------------------------------------------------------------------
+
+def test_broker_store_and_forward(broker, connect):
+    c = connect(broker)
+    s = tx(c, "unicast.openstack.compute")
+    for i in range(10):
+        d = s.send(Message(body=i), timeout=T)     # the broker accepts on enqueue
+        assert d.remote_state == Delivery.ACCEPTED
+    assert broker.counters["stored"] == 10
+    r = rx(c, "unicast.openstack.compute", credit=10)
+    assert drain(r, 10) == list(range(10))
+    until(lambda: broker.counters["acknowledged"] == 10, [c])
+    assert broker.counters["stored"] == 0
+
+
+def test_broker_competing_consumers(broker, connect):
+    c = connect(broker)
+    r1 = rx(c, "exclusive.openstack.compute.host1", credit=10)
+    r2 = rx(c, "exclusive.openstack.compute.host1", credit=10)
+    s = tx(c, "exclusive.openstack.compute.host1")
+    for i in range(10):
+        s.send(Message(body=i), timeout=T)
+    got1, got2 = drain(r1, 5), drain(r2, 5)
+    assert sorted(got1 + got2) == list(range(10))
+    assert not set(got1) & set(got2)
+
+
+def test_broker_topic_fans_out(broker, connect):
+    c = connect(broker)
+    s = tx(c, "broadcast.openstack.compute.all")
+    s.send(Message(body="nobody"), timeout=T)     # no subscriber: not stored
+    subs = [rx(c, "broadcast.openstack.compute.all", credit=10)
+            for _ in range(2)]
+    for i in range(3):
+        s.send(Message(body=i), timeout=T)
+    for r in subs:
+        assert drain(r, 3) == [0, 1, 2]
+    assert broker.counters["stored"] == 0
+
+
+def test_broker_dynamic_temp_queue(broker, connect):
+    c = connect(broker)
+    r = rx(c, None, dynamic=True, credit=5)
+    addr = r.link.remote_source.address
+    assert addr and not addr.startswith("amqp:/_topo")
+    s = tx(c, addr)
+    s.send(Message(body="to temp"), timeout=T)
+    assert r.receive(timeout=T).body == "to temp"
+    r.accept()
+    assert addr in broker._server.core.queues
+    r.close()
+    until(lambda: addr not in broker._server.core.queues, [c])
+
+
+@pytest.mark.parametrize("delivered", [False, True])
+def test_broker_released_message_is_redelivered(broker, connect, delivered):
+    c = connect(broker)
+    s = tx(c, "unicast.work")
+    s.send(Message(body="again"), timeout=T)
+    r = rx(c, "unicast.work", credit=1)
+    assert r.receive(timeout=T).body == "again"
+    r.release(delivered=delivered)       # released, or modified(delivery-failed)
+    assert r.receive(timeout=T).body == "again"
+    r.accept()
+    until(lambda: broker.counters["requeued"] == 1, [c])
+
+
+def test_broker_rejected_message_is_dropped(broker, connect):
+    c = connect(broker)
+    s = tx(c, "unicast.poison")
+    s.send(Message(body="poison"), timeout=T)
+    r = rx(c, "unicast.poison", credit=1)
+    assert r.receive(timeout=T).body == "poison"
+    r.reject()
+    until(lambda: broker.counters["dropped"] == 1, [c])
+    with pytest.raises(Timeout):
+        r.receive(timeout=SHORT)
+
+
+def test_broker_consumer_disconnect_requeues(broker, connect):
+    c1 = connect(broker)
+    r1 = rx(c1, "unicast.jobs", credit=1)
+    c2 = connect(broker)
+    s = tx(c2, "unicast.jobs")
+    s.send(Message(body="job"), timeout=T)
+    assert r1.receive(timeout=T).body == "job"     # unsettled, then the client dies
+    vanish(c1)
+    r2 = rx(c2, "unicast.jobs", credit=1)
+    assert r2.receive(timeout=T).body == "job"
+    r2.accept()
+
+
+# -- fault hooks -----------------------------------------------------------------------
+
+def test_fault_drop_connections(router, connect):
+    c = connect(router)
+    until(lambda: router.counters["connections"] == 1)
+    assert router.faults.drop_connections() == 1
+    with pytest.raises(ConnectionException):
+        c.wait(lambda: False, timeout=T)
+    c2 = connect(router)                       # still serving
+    assert c2.conn.remote_properties
+
+
+def test_fault_pause_lets_heartbeats_lapse(router, connect):
+    c = connect(router, heartbeat=1)
+    pump(c, 1.5)                               # heartbeats flow while not paused
+    router.faults.pause()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionException):
+            c.wait(lambda: False, timeout=T)
+        assert time.monotonic() - t0 < T
+    finally:
+        router.faults.resume()
+    assert connect(router).conn.remote_properties
+
+
+def test_fault_refuse_links(router, connect):
+    router.faults.refuse_links("unicast.refused")
+    c = connect(router)
+    with pytest.raises(LinkDetached) as e:
+        tx(c, "unicast.refused.x")
+    assert e.value.condition == "amqp:not-found"
+    with pytest.raises(LinkDetached):
+        rx(c, "unicast.refused.y")
+    rx(c, "unicast.other")         # other addresses unaffected
+    router.faults.allow_links("unicast.refused")
+    tx(c, "unicast.refused.x")
+
+
+def test_fault_close_links(broker, connect):
+    c = connect(broker)
+    rx(c, "unicast.closing", credit=1)
+    keep = rx(c, "unicast.keep", credit=1)
+    assert broker.faults.close_links("unicast.closing") == 1
+    with pytest.raises(LinkDetached) as e:
+        c.wait(lambda: False, timeout=T)
+    assert e.value.condition == "amqp:link:detach-forced"
+    assert keep.link.state & keep.link.REMOTE_ACTIVE
+    until(lambda: broker.counters["links"] == 1, [c])
+
+
+@pytest.mark.parametrize("mode", ["router", "broker"])
+@pytest.mark.parametrize("outcome,state", [("released", Delivery.RELEASED),
+                                           ("modified", Delivery.MODIFIED),
+                                           ("rejected", Delivery.REJECTED)])
+def test_fault_set_outcome(mode, outcome, state, make_im, connect):
+    im = make_im(mode=mode)
+    im.faults.set_outcome("unicast.odd", outcome)
+    c = connect(im)
+    r = rx(c, "unicast.odd", credit=1)
+    s = tx(c, "unicast.odd")
+    d = s.send(Message(body="x"), timeout=T, error_states=[])
+    assert d.remote_state == state
+    with pytest.raises(Timeout):
+        r.receive(timeout=0.2)            # not routed
+    assert im.counters[outcome] == 1
+    im.faults.set_outcome("unicast.odd", None)
+    d = send_async(s, "y")              # routed again (the router waits for r)
+    assert r.receive(timeout=T).body == "y"
+    r.accept()
+    c.wait(lambda: d.settled, timeout=T)
+    assert d.remote_state == Delivery.ACCEPTED
+
+
+def test_fault_withhold_credit(broker, connect):
+    broker.faults.withhold_credit("unicast.slow", True)
+    c = connect(broker)
+    s = tx(c, "unicast.slow")
+    with pytest.raises(Timeout):
+        s.send(Message(body=1), timeout=SHORT)
+    assert s.link.credit <= 0       # proton counts the queued delivery against credit
+    broker.faults.withhold_credit("unicast.slow", False)
+    d = s.send(Message(body=2), timeout=T)
+    assert d.remote_state == Delivery.ACCEPTED
+    r = rx(c, "unicast.slow", credit=5)
+    assert drain(r, 2) == [1, 2]
+
+
+def test_fault_restart_same_port(router, connect):
+    port = router.port
+    c = connect(router)
+    router.faults.restart()
+    assert router.port == port
+    with pytest.raises(ConnectionException):
+        c.wait(lambda: False, timeout=T)
+    c2 = connect(router)
+    assert c2.conn.remote_properties
+    assert router.counters["restarts"] == 1
