@@ -11,10 +11,16 @@ def main(argv=None):
     check.add_argument("--number", type=int, default=2000,
                        help="messages per timing round (default 2000)")
     sub.add_parser("engine", help="print the active engine: 'c' or 'python'")
+    sub.add_parser("demo", add_help=False,
+                   help="oslo RPC and notifications through the embedded intermediary, "
+                        "C and pure-Python engines side by side")
     sub.add_parser("intermediary", add_help=False,
                    help="run the embedded AMQP 1.0 router or broker (see "
                         "'fastamqp intermediary --help')")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:
+        from fastamqp.demo import main as demo_main
+        return demo_main(argv[1:])
     if argv[:1] == ["intermediary"]:
         from fastamqp.intermediary.__main__ import main as intermediary_main
         return intermediary_main(argv[1:])

@@ -32,6 +32,10 @@ if not PUREPYTHON:
 
 codec = c_codec if c_codec is not None else py_codec
 
+# The connection engine. Only the pure-Python one (pyngus) exists so far; the C engine
+# (native I/O thread, issue 3) will be chosen here the same way as the codec.
+from fastamqp._pure.connection import Connection  # noqa: E402
+
 
 def engine_name():
     """'c' when the C fast path is active, 'python' for the pure-Python engine."""

@@ -263,7 +263,11 @@ class _Subscription:
 
     def __init__(self, engine, addresses, credit):
         self.engine = engine
-        self.addresses = list(addresses)
+        # A list, or a function of the PeerInfo giving the list: then the addresses
+        # are worked out again on every connection (a failover from a broker to a
+        # router changes the address syntax).
+        self._address_source = addresses if callable(addresses) else list(addresses)
+        self.addresses = [] if callable(addresses) else list(addresses)
         self.credit = credit
         self.links = {}                  # address -> pyngus receiver
         self._queue = collections.deque()
@@ -272,6 +276,8 @@ class _Subscription:
         self.closed = False
 
     def attach(self, pyngus_conn):
+        if callable(self._address_source):
+            self.addresses = list(self._address_source(self.engine.peer))
         for address in self.addresses:
             name = f"fastamqp/receiver/[{address}]/{next(self.engine._ids)}"
             link = pyngus_conn.create_receiver(address, address, event_handler=self,
