@@ -19,6 +19,15 @@ BROKER = {"product": "qpid-cpp"}
 CONFIG = AddressingConfig(default_exchange="openstack")
 
 
+def table_row(addresser):
+    """The REFERENCE §3.3 table's patterns, in its order."""
+    return [addresser.resolve(target()),
+            addresser.resolve(target(fanout=True)),
+            addresser.resolve(target(server="host1")),
+            addresser.resolve(target(server="host1", exchange="nova")),
+            addresser.resolve(target("notifications.info"), SERVICE_NOTIFY)]
+
+
 @pytest.mark.parametrize("vhost, expected", [
     (None, ["unicast.openstack.compute", "broadcast.openstack.compute.all",
             "exclusive.openstack.compute.host1", "exclusive.nova.compute.host1",
@@ -30,12 +39,7 @@ CONFIG = AddressingConfig(default_exchange="openstack")
 def test_legacy_table(vhost, expected):
     addresser = choose_addresser(CONFIG, BROKER, vhost)
     assert isinstance(addresser, LegacyAddresser)
-    got = [addresser.resolve(target()),
-           addresser.resolve(target(fanout=True)),
-           addresser.resolve(target(server="host1")),
-           addresser.resolve(target(server="host1", exchange="nova")),
-           addresser.resolve(target("notifications.info"), SERVICE_NOTIFY)]
-    assert got == expected
+    assert table_row(addresser) == expected
 
 
 @pytest.mark.parametrize("vhost, expected", [
@@ -53,12 +57,7 @@ def test_legacy_table(vhost, expected):
 def test_routable_table(vhost, expected):
     addresser = choose_addresser(CONFIG, ROUTER, vhost)
     assert isinstance(addresser, RoutableAddresser)
-    got = [addresser.resolve(target()),
-           addresser.resolve(target(fanout=True)),
-           addresser.resolve(target(server="host1")),
-           addresser.resolve(target(server="host1", exchange="nova")),
-           addresser.resolve(target("notifications.info"), SERVICE_NOTIFY)]
-    assert got == expected
+    assert table_row(addresser) == expected
 
 
 def test_server_subscriptions():
