@@ -191,8 +191,19 @@ class ProtonDriver(base.BaseDriver):
                     retry_interval_max=conf.connection_retry_interval_max,
                     link_retry_delay=conf.link_retry_delay,
                     reply_link_credit=conf.reply_link_credit,
+                    trace=conf.trace,
                     sasl_mechanisms=conf.sasl_mechanisms,
-                    trace=conf.trace)
+                    sasl_config_dir=conf.sasl_config_dir or None,
+                    sasl_config_name=conf.sasl_config_name or None,
+                    ssl=conf.ssl,
+                    ssl_ca_file=conf.ssl_ca_file or None,
+                    ssl_cert_file=conf.ssl_cert_file or None,
+                    ssl_key_file=conf.ssl_key_file or None,
+                    ssl_key_password=conf.ssl_key_password,
+                    # Verify the certificate against the virtual host instead of the
+                    # host name (per-vhost certificates with SNI), as the original did.
+                    ssl_peer_name=(self._url.virtual_host if conf.ssl_verify_vhost
+                                   else None) or None)
                 self._connection = engine.Connection(self._hosts, settings)
                 self._connection.start()
                 self._pid = os.getpid()

@@ -40,7 +40,7 @@ class Host:
     hostname: str = "localhost"
     port: int = 5672
     username: Optional[str] = None
-    password: Optional[str] = None
+    password: Optional[str] = dataclasses.field(default=None, repr=False)
 
     def __repr__(self):  # never the password: reprs end up in logs
         user = f"{self.username}:****@" if self.username else ""
@@ -60,8 +60,27 @@ class ConnectionSettings:
     retry_interval_max: float = 30
     link_retry_delay: float = 10
     reply_link_credit: int = 200
-    sasl_mechanisms: str = ""
     trace: bool = False
+    # SASL. The user name and password come from each Host (the driver has already
+    # appended sasl_default_realm to user names without a realm).
+    sasl_mechanisms: str = ""             # space separated; empty: PLAIN/ANONYMOUS/...
+    sasl_config_dir: Optional[str] = None     # Cyrus configuration directory
+    sasl_config_name: Optional[str] = None    # Cyrus configuration name (no .conf)
+    # TLS: on when ssl is True or a CA or client certificate file is given. The
+    # server certificate is always verified, against ssl_ca_file or else the system
+    # CAs, and so is its name: the name of the host being connected to, or
+    # ssl_peer_name when set (the driver sets it to the URL's virtual host when
+    # ssl_verify_vhost is on).
+    ssl: bool = False
+    ssl_ca_file: Optional[str] = None
+    ssl_cert_file: Optional[str] = None   # client certificate (SASL EXTERNAL)
+    ssl_key_file: Optional[str] = None    # its private key (None: in ssl_cert_file)
+    ssl_key_password: Optional[str] = dataclasses.field(default=None, repr=False)
+    ssl_peer_name: Optional[str] = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ssl or self.ssl_ca_file or self.ssl_cert_file)
 
 
 @dataclasses.dataclass(frozen=True)

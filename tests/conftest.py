@@ -75,9 +75,12 @@ def original():
         pytest.skip("FASTAMQP_ORIGINAL_PYTHON is not set (scripts/test sets it up)")
 
     def run(script, request):
+        # Without PYTHONPATH: a source tree on it would show the original driver a
+        # second 'amqp' entry point (ours, via fastamqp.egg-info).
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         result = subprocess.run([python, os.path.join(ORIGINAL_DIR, script)],
                                 input=json.dumps(request), capture_output=True,
-                                text=True, timeout=120)
+                                text=True, timeout=120, env=env)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
     return run

@@ -13,7 +13,15 @@ What it does, and why:
 * sends whose outcome was unknown when the connection dropped are sent again on the
   next connection while their retry budget and deadline allow (§3.9 #8);
 * casts and notifications do not wait for the reply link (§3.9 #6);
-* subscriptions and the reply link are re-attached after every reconnection.
+* subscriptions and the reply link are re-attached after every reconnection;
+* SASL (ANONYMOUS, PLAIN, EXTERNAL; Cyrus options) and TLS are configured afresh for
+  EVERY connection from the host being connected to: the certificate name checked is
+  that host's (the original driver once checked the first host's name after a
+  failover, LP#1938945);
+* a refused login or a server certificate that does not verify is remembered per host;
+  once every host has refused us, ``wait_active`` raises that error at once
+  (AuthenticationError / ConnectionFailed naming the cause) instead of a timeout. The
+  engine keeps retrying in the background, as the original driver did.
 """
 import collections
 import heapq
@@ -22,6 +30,7 @@ import logging
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 
@@ -379,6 +388,8 @@ class Connection:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
         self._container = pyngus.Container(settings.container_id)
         self._thread = None
         self._closing = False
@@ -401,6 +412,12 @@ class Connection:
         self._reply = _ReplyLink(self, settings.reply_link_credit)
         self._calls = {}
         self._timers = []            # heap of (when, seq, fn)
+        self._status = threading.Condition()   # notified on active / refused
+        self._refusals = {}          # host index -> error, since the last success
+        self._fatal = None           # set when every host has refused us
+        self._epoch = 0              # bumped on every successful connection
+        self._current_index = 0
+        self._current_host = None
 
     # ---- lifecycle (any thread) -----------------------------------------------
     def start(self):
@@ -410,12 +427,27 @@ class Connection:
         self._thread.start()
 
     def wait_active(self, timeout):
-        if not self._active.wait(timeout):
-            if self._error is not None:
-                raise self._error
-            raise exceptions.ConnectionFailed(
-                f"not connected after {timeout} s to any of {self._hosts}")
-        return self._peer
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._status:
+            while not self._active.is_set():
+                if self._fatal is not None:
+                    # Every host refused our credentials or certificate: waiting
+                    # longer would only turn a clear error into a timeout.
+                    raise self._fatal
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._status.wait(min(left, 1.0))
+        if self._active.is_set():
+            return self._peer
+        refusal = next(reversed(self._refusals.values()), None) \
+            if self._refusals else None
+        if refusal is not None:
+            raise refusal
+        if self._error is not None:
+            raise self._error
+        raise exceptions.ConnectionFailed(
+            f"not connected after {timeout} s to any of {self._hosts}")
 
     @property
     def peer(self):
@@ -469,10 +501,16 @@ class Connection:
     # ---- the I/O thread -------------------------------------------------------
     def _call_soon(self, fn):
         self._commands.append(fn)
+        # One wake-up byte in the pipe at most: under eventlet a write to a full pipe
+        # waits, and two green threads waiting to write the same pipe is an error.
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
-            pass  # the pipe is full: the loop is awake anyway
+            pass
 
     def _later(self, delay, fn):
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
@@ -510,9 +548,12 @@ class Connection:
             readable, writable = [], []
             self._connection_lost("socket error")
         if self._wake_r in readable:
+            # One read only: under eventlet, os.read() on an empty pipe waits for data
+            # instead of raising BlockingIOError.
+            with self._wake_lock:
+                self._wake_pending = False
             try:
-                while os.read(self._wake_r, 4096):
-                    pass
+                os.read(self._wake_r, 65536)
             except BlockingIOError:
                 pass
         while self._commands:
@@ -555,10 +596,61 @@ class Connection:
                 f"no outcome for the message to {send.address} before its deadline"))
 
     # ---- connection management (I/O thread) -----------------------------------
+    def _sasl_props(self, host):
+        """pyngus SASL properties for ``host`` (its own user and password)."""
+        settings = self._settings
+        props = {}
+        mechs = " ".join(settings.sasl_mechanisms.upper().split())
+        if host.username:
+            props["x-username"] = host.username
+            props["x-password"] = host.password or ""
+        if mechs:
+            # pyngus also forbids PLAIN/ANONYMOUS unless one of them is listed.
+            props["x-sasl-mechs"] = mechs
+        elif not host.username and not settings.ssl_cert_file:
+            props["x-sasl-mechs"] = "ANONYMOUS"
+        if settings.sasl_config_dir:
+            props["x-sasl-config-dir"] = settings.sasl_config_dir
+        if settings.sasl_config_name:
+            props["x-sasl-config-name"] = settings.sasl_config_name
+        if not props:
+            props["x-force-sasl"] = True   # e.g. EXTERNAL with only a certificate
+        return props
+
+    def _peer_name(self, host):
+        return self._settings.ssl_peer_name or host.hostname
+
+    def _ca_file(self):
+        if self._settings.ssl_ca_file:
+            return self._settings.ssl_ca_file
+        paths = ssl.get_default_verify_paths()
+        for candidate in (paths.cafile, paths.capath, paths.openssl_cafile,
+                          paths.openssl_capath):
+            if candidate and os.path.exists(candidate):
+                return candidate
+        raise exceptions.ConfigurationError(
+            "ssl is on but no CA certificates were found to verify the server with: "
+            "set ssl_ca_file")
+
+    def _tls_props(self, host):
+        """pyngus TLS properties, built for THIS host on every connection."""
+        settings = self._settings
+        if not settings.tls:
+            return {}
+        props = {"x-ssl-ca-file": self._ca_file(),
+                 "x-ssl-verify-mode": "verify-peer",
+                 "x-ssl-peer-name": self._peer_name(host)}
+        if settings.ssl_cert_file:
+            props["x-ssl-identity"] = (settings.ssl_cert_file,
+                                       settings.ssl_key_file or settings.ssl_cert_file,
+                                       settings.ssl_key_password)
+        return props
+
     def _connect(self):
         if self._closing:
             return
-        host = self._hosts[self._host_index % len(self._hosts)]
+        index = self._host_index % len(self._hosts)
+        host = self._hosts[index]
         self._host_index += 1
         self._generation += 1
         props = {"properties": dict(self._settings.properties)}
@@ -566,30 +658,59 @@ class Connection:
             props["hostname"] = self._settings.virtual_host
         if self._settings.idle_timeout:
             props["idle-time-out"] = float(self._settings.idle_timeout)
-        if self._settings.trace:
+        if self._settings.trace and not host.password:
+            # With a password, tracing starts after SASL (sasl_done): the frame trace
+            # would print the PLAIN initial response, i.e. the password.
             props["x-trace-protocol"] = True
-        if host.username:
-            props["x-username"] = host.username
-            props["x-password"] = host.password or ""
-        if self._settings.sasl_mechanisms:
-            props["x-sasl-mechs"] = self._settings.sasl_mechanisms
-        elif not host.username:
-            props["x-sasl-mechs"] = "ANONYMOUS"
+        try:
+            props.update(self._sasl_props(host))
+            props.update(self._tls_props(host))
+        except exceptions.FastAmqpError as exc:
+            self._refused(index, exceptions.ConnectionFailed(f"TLS configuration error: {exc}"))
+            self._schedule_reconnect()
+            return
         try:
             sock = socket.create_connection((host.hostname, host.port), timeout=10)
         except OSError as exc:
-            LOG.warning("cannot connect to %s: %s", host, exc)
+            LOG.warning("cannot connect to %r: %s", host, exc)
             self._error = exceptions.ConnectionFailed(f"cannot connect to {host!r}: {exc}")
             self._schedule_reconnect()
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
+        try:
+            pconn = self._container.create_connection(
+                f"fastamqp-{self._generation}", self, props)
+        except (proton.SSLException, proton.SSLUnavailable) as exc:
+            sock.close()
+            # set_credentials failed: wrong file or key password. Never the password.
+            what = ("TLS is not available in this Proton build"
+                    if isinstance(exc, proton.SSLUnavailable) else
+                    f"TLS configuration error: cannot use the client certificate "
+                    f"{self._settings.ssl_cert_file} / key {self._settings.ssl_key_file}"
+                    f" (unreadable file, or wrong ssl_key_password), or the CA file "
+                    f"{props.get('x-ssl-ca-file')}")
+            self._refused(index, exceptions.ConnectionFailed(what))
+            self._schedule_reconnect()
+            return
         self._sock = sock
         self._current_host = host
-        self._pconn = self._container.create_connection(
-            f"fastamqp-{self._generation}", self, props)
+        self._current_index = index
+        self._pconn = pconn
         self._pconn.user_context = host
         self._pconn.open()
+
+    def _refused(self, index, error):
+        """``error`` (our credentials or the server certificate) is why the host at
+        ``index`` would not have us; once every host has said no, wait_active raises."""
+        LOG.error("%s", error)
+        self._error = error
+        with self._status:
+            self._refusals.pop(index, None)   # keep the most recent one last
+            self._refusals[index] = error
+            if len(self._refusals) >= len(self._hosts):
+                self._fatal = error
+            self._status.notify_all()
 
     def _schedule_reconnect(self):
         if self._closing:
@@ -726,17 +847,27 @@ class Connection:
 
     # ---- pyngus ConnectionEventHandler (I/O thread) ----------------------------
     def connection_active(self, pconn):
+        if pconn.pn_connection.state & proton.Endpoint.REMOTE_CLOSED:
+            # Open and Close(error) arrived together: how a peer refuses a connection
+            # after SASL (e.g. a policy or a user it does not know). Not active.
+            return
         props = pconn.remote_properties or {}
         self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
                               {str(k): v for k, v in props.items()})
         self._delay = self._settings.retry_interval
         self._error = None
+        with self._status:
+            self._epoch += 1
+            self._refusals.clear()
+            self._fatal = None
         self._reply.attach(pconn)
         for sub in self._subscriptions:
             sub.links.clear()
             sub.attach(pconn)
         resubmit, self._resubmit = self._resubmit or [], []
-        self._active.set()
+        with self._status:
+            self._active.set()
+            self._status.notify_all()
         for send in resubmit:
             self._submit(send)
         for sender in self._senders.values():
@@ -744,12 +875,42 @@ class Connection:
                 sender.attach(pconn)
 
     def connection_failed(self, pconn, error):
+        text = str(error)
+        if self._settings.tls and pconn is self._pconn and _is_tls_failure(text):
+            self._tls_failed(pconn.user_context, text)
         self._connection_lost(f"connection failed: {error}")
+
+    def _tls_failed(self, host, text):
+        """The TLS handshake failed. Proton says only "certificate verify failed" for
+        both an untrusted certificate and a name mismatch: a short check in another
+        thread (Python's ssl, same CA file) tells which, then the host counts as
+        refusing us."""
+        index, epoch = self._current_index, self._epoch
+        peer_name = self._peer_name(host)
+        try:
+            ca_file = self._ca_file()
+        except exceptions.FastAmqpError:
+            ca_file = None
+        self._error = exceptions.ConnectionFailed(
+            f"TLS handshake with {host!r} failed: {_tls_reason(text)}")
+
+        def diagnose():
+            cause = _diagnose_tls(host, ca_file, peer_name, text)
+            error = exceptions.ConnectionFailed(
+                f"TLS handshake with {host!r} failed: {cause}")
+
+            def report():
+                if self._epoch == epoch and not self._active.is_set():
+                    self._refused(index, error)
+            self._call_soon(report)
+        threading.Thread(target=diagnose, daemon=True,
+                         name="fastamqp TLS diagnosis").start()
 
     def connection_remote_closed(self, pconn, condition):
         if condition is not None and "unauthorized" in str(condition.name):
-            self._error = exceptions.AuthenticationError(
-                f"authentication failed: {condition.name}: {condition.description}")
+            self._refused(self._current_index, exceptions.AuthenticationError(
+                f"authentication with {pconn.user_context!r} failed: the peer closed "
+                f"the connection with {condition.name}: {condition.description}"))
         pconn.close()
         self._connection_lost(f"peer closed the connection: {condition}")
 
@@ -766,9 +927,84 @@ class Connection:
         pass
 
     def sasl_done(self, pconn, pn_sasl, result):
-        if result != proton.SASL.OK:
-            host = pconn.user_context
-            self._error = exceptions.AuthenticationError(
-                f"SASL authentication with {host!r} failed (mechanism "
-                f"{pn_sasl.mech or 'none agreed'})")
-            LOG.error("%s", self._error)
+        host = pconn.user_context
+        if result == proton.SASL.OK:
+            if self._settings.trace and host.password:
+                pconn.pn_transport.trace(proton.Transport.TRACE_FRM)
+            return
+        mech = pn_sasl.mech or None
+        offered = self._settings.sasl_mechanisms or (
+            "PLAIN, ANONYMOUS, EXTERNAL, ..." if host.username else "ANONYMOUS")
+        if result == proton.SASL.AUTH and mech:
+            who = f"user {host.username!r}" if host.username else "the client"
+            cause = (f"the server refused the credentials of {who} "
+                     f"(SASL mechanism {mech})")
+        elif not mech:
+            cause = (f"no SASL mechanism acceptable to both sides (this client allows "
+                     f"{offered}; see sasl_mechanisms)")
+        else:
+            cause = f"SASL outcome {result} with mechanism {mech}"
+        condition = pconn.pn_transport.condition if pconn.pn_transport else None
+        if condition is not None and condition.description:
+            cause += f": {condition.description}"
+        self._refused(self._current_index, exceptions.AuthenticationError(
+            f"SASL authentication with {host!r} failed: {cause}"))
+
+
+_TLS_MARKERS = ("SSL Failure", "certificate verify failed", "SSL routines", "TLS")
+
+
+def _is_tls_failure(text):
+    return any(marker in text for marker in _TLS_MARKERS)
+
+
+def _tls_reason(text):
+    if "certificate verify failed" in text:
+        return ("the server certificate did not verify (untrusted, or its name does "
+                f"not match): {text}")
+    if "certificate required" in text:
+        return ("the server requires a client certificate (set ssl_cert_file and "
+                f"ssl_key_file): {text}")
+    if "unknown ca" in text or "bad certificate" in text:
+        return f"the server did not accept our client certificate: {text}"
+    return text
+
+
+def _name_matches(pattern, name):
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def _diagnose_tls(host, ca_file, peer_name, text, timeout=3.0):
+    """Tell an untrusted server certificate from a name mismatch (Proton's error does
+    not), with one extra TLS handshake that checks the chain only."""
+    generic = _tls_reason(text)
+    if not ca_file or "certificate verify failed" not in text:
+        return generic
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if os.path.isdir(ca_file):
+            ctx.load_verify_locations(capath=ca_file)
+        else:
+            ctx.load_verify_locations(cafile=ca_file)
+        with socket.create_connection((host.hostname, host.port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=None) as tls:
+                cert = tls.getpeercert()
+    except ssl.SSLCertVerificationError as exc:
+        return (f"the server certificate did not verify against the CA file {ca_file}: "
+                f"{exc.verify_message}")
+    except (OSError, ValueError):
+        return generic
+    # Proton matches the DNS names of subjectAltName, then the commonName (not IPs).
+    names = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+    names += [value for rdn in cert.get("subject", ()) for key, value in rdn
+              if key == "commonName" and value not in names]
+    if not any(_name_matches(n, peer_name) for n in names):
+        return (f"the server certificate is trusted but its names {names} do not match "
+                f"the expected peer name {peer_name!r} (name mismatch)")
+    return generic

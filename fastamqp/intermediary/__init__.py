@@ -10,16 +10,32 @@ It is a reference and a test double, not a production router:
         print(im.counters)
 
 Routing rules are in ``routing`` (no Proton objects); the AMQP side is ``server``.
+
+Security (SASL and TLS), per listener:
+
+    tls = TLSConfig(cert_file="server.pem", key_file="server.key")
+    im = Intermediary(listen=[("127.0.0.1", 0),                    # cleartext
+                              Listener("127.0.0.1", 0, ssl=tls),    # TLS
+                              Listener("127.0.0.1", 0, sasl_mechanisms="EXTERNAL",
+                                       ssl=TLSConfig("server.pem", "server.key",
+                                                     ca_file="ca.pem"))],
+                      sasl_mechanisms="ANONYMOUS PLAIN", users={"alice": "secret"})
+
+SASL is Cyrus's: PLAIN users go into a sasldb made with ``saslpasswd2`` in a private
+temporary directory, next to a generated Cyrus configuration (``server._Cyrus``; Cyrus
+reads one configuration per process, shared by all intermediaries of the process).
+A refused login ends with the SASL outcome ``auth`` and the connection is closed.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import routing
 from .routing import BALANCED, CLOSEST, MULTICAST  # noqa: F401
 
-__all__ = ["Intermediary", "Faults", "routing"]
+__all__ = ["Intermediary", "Faults", "Listener", "TLSConfig", "routing"]
 
 ROUTER_PRODUCT = "qpid-dispatch-router"
 BROKER_PRODUCT = "qpid-cpp"
@@ -31,6 +47,41 @@ def _version() -> str:
         return __version__
     except Exception:  # the package may be half-built; the intermediary does not care
         return "0"
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSConfig:
+    """TLS for a listener. With ``ca_file``, clients must present a certificate signed
+    by that CA (what SASL EXTERNAL authenticates); ``allow_cleartext`` also accepts
+    clients that do not start TLS."""
+
+    cert_file: str
+    key_file: Optional[str] = None          # None: the key is in cert_file
+    key_password: Optional[str] = dataclasses.field(default=None, repr=False)
+    ca_file: Optional[str] = None
+    allow_cleartext: bool = False
+
+
+@dataclasses.dataclass
+class Listener:
+    """One listening socket. ``ssl``/``sasl_mechanisms`` of None: the Intermediary's."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    ssl: Optional[TLSConfig] = None
+    sasl_mechanisms: Optional[str] = None
+
+    @property
+    def url(self) -> str:
+        host = ("[%s]" % self.host) if ":" in self.host else self.host
+        return "amqp://%s:%d" % (host, self.port)
+
+
+def _as_listener(item) -> Listener:
+    if isinstance(item, Listener):
+        return dataclasses.replace(item)
+    host, port = item[0], item[1]
+    return Listener(host, port, *item[2:])
 
 
 class Faults:
@@ -126,12 +177,16 @@ class Faults:
 class Intermediary:
     """An in-process AMQP 1.0 router (``mode="router"``) or broker (``mode="broker"``).
 
-    ``listen`` is a list of (host, port); port 0 picks an ephemeral port, and
-    ``restart()`` reuses the ports actually bound.
+    ``listen`` is a list of (host, port) or :class:`Listener`; port 0 picks an
+    ephemeral port, and ``restart()`` reuses the ports actually bound.
+
+    ``sasl_mechanisms`` (space separated: ANONYMOUS, PLAIN, EXTERNAL) and ``ssl`` (a
+    :class:`TLSConfig`) apply to listeners that do not set their own; ``users`` maps
+    user name (``user`` or ``user@realm``) to password for PLAIN.
     """
 
     def __init__(self, mode: str = "router",
-                 listen: Optional[Sequence[Tuple[str, int]]] = None,
+                 listen: Optional[Sequence[Union[Tuple[str, int], Listener]]] = None,
                  product: Optional[str] = None, version: Optional[str] = None,
                  router_id: str = "fastamqp",
                  addresses: Optional[Iterable[Tuple[str, str]]] = None,
@@ -141,11 +196,14 @@ class Intermediary:
                  default_distribution: str = routing.BALANCED,
                  window: int = routing.DEFAULT_WINDOW,
                  idle_timeout: Optional[float] = None,
-                 sasl_mechanisms: str = "ANONYMOUS"):
+                 sasl_mechanisms: str = "ANONYMOUS",
+                 users: Optional[Dict[str, str]] = None,
+                 ssl: Optional[TLSConfig] = None):
         if mode not in ("router", "broker"):
             raise ValueError("mode must be 'router' or 'broker'")
         self.mode = mode
         self.listen = list(listen) if listen else [("127.0.0.1", 0)]
+        self._listeners = [_as_listener(item) for item in self.listen]
         self.product = product or (ROUTER_PRODUCT if mode == "router" else BROKER_PRODUCT)
         self.version = version or _version()
         self.router_id = router_id
@@ -157,6 +215,8 @@ class Intermediary:
         self.window = window
         self.idle_timeout = idle_timeout
         self.sasl_mechanisms = sasl_mechanisms
+        self._users = dict(users or {})
+        self.ssl = ssl
         self._counters = routing.Counters()
         self._rules = routing.FaultRules()
         self._server = None
@@ -179,13 +239,18 @@ class Intermediary:
         with self._lock:
             if self._server is not None and self._server.running:
                 return self
-            endpoints = self._bound or self.listen
+            # After a first start the listeners carry the ports actually bound.
+            endpoints = [(lst.host, lst.port, lst.ssl or self.ssl, lst.sasl_mechanisms)
+                         for lst in self._listeners]
             srv = Server(mode=self.mode, product=self.product, version=self.version,
                          container_id=self.container_id, make_core=self._make_core,
                          counters=self._counters, faults=self._rules,
                          idle_timeout=self.idle_timeout,
-                         sasl_mechanisms=self.sasl_mechanisms)
+                         sasl_mechanisms=self.sasl_mechanisms,
+                         users=self._users, ssl=self.ssl)
             self._bound = srv.start(endpoints)
+            for lst, (_, port) in zip(self._listeners, self._bound):
+                lst.port = port
             self._server = srv
         return self
 
@@ -227,6 +292,11 @@ class Intermediary:
     @property
     def url(self) -> str:
         return self.urls[0] if self._bound else ""
+
+    @property
+    def listeners(self) -> List[Listener]:
+        """The listeners, with the ports bound once started (copies)."""
+        return [dataclasses.replace(lst) for lst in self._listeners]
 
     @property
     def counters(self) -> dict:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 
-from . import Intermediary
+from . import Intermediary, Listener, TLSConfig
 
 
 def _endpoint(text: str):
@@ -31,19 +32,56 @@ def main(argv=None) -> int:
     ap.add_argument("--router-id", default="fastamqp")
     ap.add_argument("--idle-timeout", type=float, default=None,
                     help="seconds; ask clients for heartbeats")
+    ap.add_argument("--listen-tls", action="append", type=_endpoint, metavar="HOST:PORT",
+                    default=[], help="a TLS listener (needs --ssl-cert); may be repeated")
+    ap.add_argument("--sasl-mechanisms", default="ANONYMOUS",
+                    help="space separated, of ANONYMOUS PLAIN EXTERNAL "
+                         "(default: ANONYMOUS)")
+    ap.add_argument("--users-file", metavar="FILE",
+                    help="SASL PLAIN users, one 'user:password' a line")
+    ap.add_argument("--ssl-cert", metavar="PEM", help="server certificate")
+    ap.add_argument("--ssl-key", metavar="PEM", help="its private key")
+    ap.add_argument("--ssl-key-password-env", metavar="VAR",
+                    help="name of an environment variable holding the key password")
+    ap.add_argument("--ssl-ca", metavar="PEM",
+                    help="require client certificates signed by this CA (EXTERNAL)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
 
-    im = Intermediary(mode=args.mode, listen=args.listen or [("127.0.0.1", 0)],
+    users = {}
+    if args.users_file:
+        with open(args.users_file) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    user, sep, password = line.partition(":")
+                    if not sep:
+                        ap.error("--users-file: expected user:password lines")
+                    users[user] = password
+    tls = None
+    if args.listen_tls:
+        if not args.ssl_cert:
+            ap.error("--listen-tls needs --ssl-cert")
+        password = os.environ.get(args.ssl_key_password_env) \
+            if args.ssl_key_password_env else None
+        tls = TLSConfig(args.ssl_cert, args.ssl_key, password, args.ssl_ca)
+    listen = list(args.listen or [])
+    if not listen and not args.listen_tls:
+        listen = [("127.0.0.1", 0)]
+    listen += [Listener(host, port, ssl=tls) for host, port in args.listen_tls]
+    im = Intermediary(mode=args.mode, listen=listen,
                       product=args.product, router_id=args.router_id,
-                      idle_timeout=args.idle_timeout)
+                      idle_timeout=args.idle_timeout,
+                      sasl_mechanisms=args.sasl_mechanisms, users=users)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     im.start()
     print("fastamqp intermediary (%s, product %s) listening on %s"
-          % (im.mode, im.product, " ".join(im.urls)), flush=True)
+          % (im.mode, im.product,
+             " ".join(lst.url + (" (TLS)" if lst.ssl else "") for lst in im.listeners)),
+          flush=True)
     try:
         while not stop.wait(0.5):
             if not im.running:

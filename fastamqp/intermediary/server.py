@@ -10,17 +10,24 @@ Routing decisions live in routing.py; this module implements its ``Wire`` port.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import logging
+import os
 import queue
+import secrets
 import select
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from proton import (Collector, Condition, Connection, Disposition, Endpoint, Event, Link,
-                    Transport, TransportException, symbol)
+from proton import (SASL, SSL, Collector, Condition, Connection, Disposition, Endpoint,
+                    Event, Link, SSLDomain, SSLException, Transport, TransportException,
+                    symbol)
 
 from . import routing
 
@@ -36,10 +43,189 @@ _STATE = {v: k for k, v in _TERMINAL.items()}
 _READ_CHUNK = 65536
 
 
-class _Conn:
-    __slots__ = ("sock", "transport", "connection", "collector", "links", "peer", "dead")
+class SaslSetupError(RuntimeError):
+    """The Cyrus SASL server configuration of this process cannot serve our users."""
 
-    def __init__(self, sock, transport, connection, collector, peer):
+
+class _Cyrus:
+    """The Cyrus SASL server configuration of this process.
+
+    Cyrus reads its server configuration ONCE per process, when Proton sets up the first
+    server-side SASL layer (proton/src/sasl/cyrus_sasl.c: ``pni_cyrus_server_once``),
+    and the configuration directory and name are process globals (the first caller of
+    ``pn_sasl_config_path/name`` wins). So every intermediary of a process shares one
+    configuration: a private temporary directory holding ``fastamqp-intermediary.conf``
+    (auxprop/sasldb, mech_list ANONYMOUS PLAIN EXTERNAL) and one sasldb. Each server adds
+    its users when it starts and removes them when it stops; a server also checks after
+    SASL that a PLAIN user is one of ITS users, so that intermediaries of one process do
+    not let each other's users in.
+    """
+
+    NAME = "fastamqp-intermediary"
+    MECHS = "ANONYMOUS PLAIN EXTERNAL"
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="fastamqp-sasl-")
+        os.chmod(self.dir, 0o700)
+        self.db = os.path.join(self.dir, "users.sasldb")
+        with open(os.path.join(self.dir, self.NAME + ".conf"), "w") as f:
+            f.write("pwcheck_method: auxprop\n"
+                    "auxprop_plugin: sasldb\n"
+                    "sasldb_path: %s\n"
+                    "mech_list: %s\n" % (self.db, self.MECHS))
+        atexit.register(shutil.rmtree, self.dir, True)
+        sasl = Transport(Transport.SERVER).sasl()
+        sasl.config_path(self.dir)
+        sasl.config_name(self.NAME)
+        self._owners: Dict[str, Dict[int, str]] = {}   # user -> {server id: password}
+        self._lock = threading.Lock()
+        self._checked: Optional[bool] = None
+
+    @staticmethod
+    def _split(user: str):
+        name, sep, realm = user.rpartition("@")
+        return (name, realm) if sep and name else (user, None)
+
+    def _saslpasswd(self, user: str, password: Optional[str]) -> None:
+        exe = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
+        if not os.path.exists(exe):
+            raise SaslSetupError("saslpasswd2 (Debian package sasl2-bin) is needed for "
+                                 "SASL PLAIN users")
+        name, realm = self._split(user)
+        args = [exe, "-f", self.db]
+        if realm:
+            args += ["-u", realm]
+        if password is None:
+            args += ["-d", name]
+            data = None
+        else:
+            args += ["-p", "-c", name]   # -p: the password comes on stdin, not argv
+            data = password.encode()
+        proc = subprocess.run(args, input=data, capture_output=True)
+        if proc.returncode != 0 and password is not None:
+            # The message names the user only: never the password.
+            raise SaslSetupError("saslpasswd2 could not add user %r: %s"
+                                 % (user, proc.stderr.decode(errors="replace").strip()))
+
+    def add(self, owner: int, users: Dict[str, str]) -> None:
+        with self._lock:
+            self._self_check()
+            for user, password in users.items():
+                held = self._owners.setdefault(user, {})
+                if any(p != password for o, p in held.items() if o != owner):
+                    log.warning("SASL user %r is defined by several intermediaries with "
+                                "different passwords; the last one started wins", user)
+                held[owner] = password
+                self._saslpasswd(user, password)
+
+    def remove(self, owner: int) -> None:
+        with self._lock:
+            for user in list(self._owners):
+                held = self._owners[user]
+                if held.pop(owner, None) is None:
+                    continue
+                if held:
+                    self._saslpasswd(user, next(iter(held.values())))
+                else:
+                    del self._owners[user]
+                    self._saslpasswd(user, None)
+
+    def _self_check(self) -> None:
+        """Log in with a throw-away user over an in-memory transport pair: proves that
+        Cyrus reads OUR configuration (someone else may have set the process's first)."""
+        if self._checked is not None:
+            if not self._checked:
+                raise SaslSetupError(self._failure)
+            return
+        if not SASL.extended():
+            self._checked = False
+            self._failure = ("this Proton build has no Cyrus SASL: the intermediary "
+                             "cannot authenticate SASL PLAIN users")
+            raise SaslSetupError(self._failure)
+        user, password = "fastamqp-probe-%s" % secrets.token_hex(4), secrets.token_hex(16)
+        self._saslpasswd(user, password)
+        try:
+            ok = _loopback_login(user, password)
+        finally:
+            self._saslpasswd(user, None)
+        self._checked = ok
+        if not ok:
+            self._failure = (
+                "Cyrus SASL in this process does not use the intermediary's configuration "
+                "(another component set the Cyrus config path/name first, e.g. a client "
+                "with sasl_config_dir); SASL PLAIN users cannot be served")
+            raise SaslSetupError(self._failure)
+
+
+def _loopback_login(user: str, password: str) -> bool:
+    server = Transport(Transport.SERVER)
+    ssasl = server.sasl()
+    ssasl.allow_insecure_mechs = True
+    ssasl.allowed_mechs("PLAIN")
+    server.bind(Connection())
+    client = Transport(Transport.CLIENT)
+    csasl = client.sasl()
+    csasl.allow_insecure_mechs = True
+    csasl.allowed_mechs("PLAIN")
+    conn = Connection()
+    conn.user, conn.password = user, password
+    client.bind(conn)
+    conn.open()
+    for _ in range(20):
+        for a, b in ((client, server), (server, client)):
+            n = a.pending()
+            if n > 0:
+                b.push(a.peek(n))
+                a.pop(n)
+        if csasl.outcome is not None:
+            break
+    return csasl.outcome == SASL.OK
+
+
+_cyrus: Optional[_Cyrus] = None
+_cyrus_lock = threading.Lock()
+
+
+def cyrus() -> _Cyrus:
+    global _cyrus
+    with _cyrus_lock:
+        if _cyrus is None:
+            _cyrus = _Cyrus()
+        return _cyrus
+
+
+class _ListenerConf:
+    """What a listening socket does with the connections it accepts."""
+    __slots__ = ("host", "port", "ssl", "domain", "mechs")
+
+    def __init__(self, host, port, ssl, mechs):
+        self.host, self.port, self.ssl, self.mechs = host, port, ssl, mechs
+        self.domain = None
+        if ssl is not None:
+            domain = SSLDomain(SSLDomain.MODE_SERVER)
+            try:
+                domain.set_credentials(ssl.cert_file, ssl.key_file or ssl.cert_file,
+                                       ssl.key_password)
+            except SSLException:
+                raise ValueError("cannot load the TLS certificate %s / key %s (wrong "
+                                 "file or key password)" % (ssl.cert_file, ssl.key_file))
+            if ssl.ca_file:
+                # Clients must present a certificate signed by this CA: its subject
+                # is what SASL EXTERNAL authenticates.
+                domain.set_trusted_ca_db(ssl.ca_file)
+                domain.set_peer_authentication(SSLDomain.VERIFY_PEER, ssl.ca_file)
+            else:
+                domain.set_peer_authentication(SSLDomain.ANONYMOUS_PEER)
+            if ssl.allow_cleartext:
+                domain.allow_unsecured_client()
+            self.domain = domain
+
+
+class _Conn:
+    __slots__ = ("sock", "transport", "connection", "collector", "links", "peer", "dead",
+                 "listener")
+
+    def __init__(self, sock, transport, connection, collector, peer, listener=None):
         self.sock = sock
         self.transport = transport
         self.connection = connection
@@ -47,6 +233,7 @@ class _Conn:
         self.links = set()
         self.peer = peer
         self.dead = False
+        self.listener = listener
 
 
 class _Link:
@@ -70,7 +257,8 @@ def _handle(link) -> Optional[_Link]:
 class Server:
     def __init__(self, *, mode: str, product: str, version: str, container_id: str,
                  make_core, counters: routing.Counters, faults: routing.FaultRules,
-                 idle_timeout: Optional[float] = None, sasl_mechanisms: str = "ANONYMOUS"):
+                 idle_timeout: Optional[float] = None, sasl_mechanisms: str = "ANONYMOUS",
+                 users: Optional[Dict[str, str]] = None, ssl=None):
         self.mode = mode
         self.product = product
         self.version = version
@@ -80,9 +268,14 @@ class Server:
         self.faults = faults
         self.idle_timeout = idle_timeout
         self.sasl_mechanisms = sasl_mechanisms
+        self.users = dict(users or {})
+        self.ssl = ssl                      # default TLSConfig of (host, port) listeners
+        self.counters.totals.setdefault("auth_failures", 0)
         self.core = None
         self.endpoints: List[Tuple[str, int]] = []
         self._listeners: List[socket.socket] = []
+        self._listener_conf = {}            # listening socket -> _ListenerConf
+        self._cyrus_users = False
         self._conns = {}
         self._commands: "queue.Queue" = queue.Queue()
         self._thread: Optional[threading.Thread] = None
@@ -94,12 +287,26 @@ class Server:
     # -- lifecycle (any thread) ----------------------------------------------------
 
     def start(self, endpoints) -> List[Tuple[str, int]]:
+        """``endpoints``: (host, port) or (host, port, tls_config, sasl_mechanisms);
+        a tls_config or mechanisms of None means the server's own."""
         if self._thread is not None:
             raise RuntimeError("already running")
+        confs = []
+        for ep in endpoints:
+            host, port = ep[0], ep[1]
+            tls = ep[2] if len(ep) > 2 else self.ssl
+            mechs = (ep[3] if len(ep) > 3 else None) or self.sasl_mechanisms
+            confs.append(_ListenerConf(host, port, tls, mechs.upper()))
+        # Before this server makes any SASL layer: Cyrus reads its configuration once.
+        cy = cyrus()
+        if self.users:
+            cy.add(id(self), self.users)   # users live in the process's sasldb
+            self._cyrus_users = True
         self.core = self.make_core(self)
         bound = []
         try:
-            for host, port in endpoints:
+            for conf in confs:
+                host, port = conf.host, conf.port
                 s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                                   socket.SOCK_STREAM)
                 # Lets restart() rebind while old connections sit in TIME_WAIT.
@@ -108,11 +315,15 @@ class Server:
                 s.listen(128)
                 s.setblocking(False)
                 self._listeners.append(s)
-                bound.append((host, s.getsockname()[1]))
+                conf.port = s.getsockname()[1]
+                self._listener_conf[s] = conf
+                bound.append((host, conf.port))
         except Exception:
             for s in self._listeners:
                 s.close()
             self._listeners = []
+            self._listener_conf = {}
+            self._release_users()
             raise
         self.endpoints = bound
         self._wake_r, self._wake_w = socket.socketpair()
@@ -139,6 +350,15 @@ class Server:
                 s.close()
             except OSError:
                 pass
+        self._release_users()
+
+    def _release_users(self):
+        if self._cyrus_users:
+            self._cyrus_users = False
+            try:
+                cyrus().remove(id(self))
+            except Exception:
+                log.warning("could not remove SASL users from the sasldb", exc_info=True)
 
     @property
     def running(self) -> bool:
@@ -318,16 +538,21 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            conf = self._listener_conf.get(listener)
             transport = Transport(Transport.SERVER)
             if self.idle_timeout:
                 transport.idle_timeout = self.idle_timeout
             sasl = transport.sasl()
-            sasl.allowed_mechs(self.sasl_mechanisms)
+            # PLAIN is acceptable on a cleartext listener: this is a test peer.
+            sasl.allow_insecure_mechs = True
+            sasl.allowed_mechs(conf.mechs if conf is not None else self.sasl_mechanisms)
+            if conf is not None and conf.domain is not None:
+                SSL(transport, conf.domain)
             connection = Connection()
             collector = Collector()
             connection.collect(collector)
             transport.bind(connection)
-            self._conns[sock] = _Conn(sock, transport, connection, collector, peer)
+            self._conns[sock] = _Conn(sock, transport, connection, collector, peer, conf)
             self.counters.connections += 1
             self.counters.totals["connections_total"] += 1
 
@@ -385,6 +610,14 @@ class Server:
         if c.dead:
             return
         c.dead = True
+        try:
+            cond = c.transport.condition
+        except Exception:
+            cond = None
+        if cond is not None and cond.name == "amqp:unauthorized-access":
+            # Cyrus refused the login; Proton has sent the SASL outcome (auth).
+            self.counters.totals["auth_failures"] += 1
+            log.info("SASL login from %s refused: %s", c.peer, cond.description)
         self._conns.pop(c.sock, None)
         try:
             c.sock.close()
@@ -465,7 +698,13 @@ class Server:
                 conn.container = self.container_id
                 conn.properties = {symbol("product"): self.product,
                                    symbol("version"): self.version}
+                refusal = self._check_login(c)
                 conn.open()
+                if refusal is not None:
+                    self.counters.totals["auth_failures"] += 1
+                    log.info("refusing %s: %s", c.peer, refusal)
+                    conn.condition = Condition("amqp:unauthorized-access", refusal)
+                    conn.close()
         elif t == Event.CONNECTION_REMOTE_CLOSE:
             for h in list(c.links):
                 self._link_gone(h)
@@ -474,6 +713,20 @@ class Server:
         elif t == Event.TRANSPORT_ERROR:
             cond = ev.transport.condition
             log.debug("transport error from %s: %s", c.peer, cond)
+
+    def _check_login(self, c: _Conn) -> Optional[str]:
+        """After SASL: the sasldb is shared by the intermediaries of this process, so a
+        PLAIN user must also be one of this server's users."""
+        try:
+            sasl = c.transport.sasl()
+            mech = (sasl.mech or "").upper()
+        except Exception:
+            return None
+        user = c.transport.user or ""
+        if mech == "PLAIN" and user not in self.users:
+            return "user %r is not known to this intermediary" % user
+        log.info("login from %s: user %r, SASL mechanism %s", c.peer, user, mech or "none")
+        return None
 
     # -- links -----------------------------------------------------------------------
 
