@@ -84,3 +84,19 @@ def original():
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
     return run
+
+
+@pytest.fixture
+def router():
+    """The embedded intermediary as a qdrouterd-like router, for one test."""
+    from fastamqp.intermediary import Intermediary
+    with Intermediary(mode="router") as im:
+        yield im
+
+
+@pytest.fixture
+def broker():
+    """The embedded intermediary as a qpidd-like broker, for one test."""
+    from fastamqp.intermediary import Intermediary
+    with Intermediary(mode="broker") as im:
+        yield im

@@ -24,18 +24,6 @@ def engine(request):
     return request.param
 
 
-@pytest.fixture
-def router():
-    with Intermediary(mode="router") as im:
-        yield im
-
-
-@pytest.fixture
-def broker():
-    with Intermediary(mode="broker") as im:
-        yield im
-
-
 class Opened:
     """Connections opened by a test, closed at its end."""
 

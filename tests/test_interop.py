@@ -229,18 +229,6 @@ def wait_links(im, at_least, what):
              f"{what}: {at_least} links on the {im.mode}")
 
 
-@pytest.fixture
-def router():
-    with Intermediary(mode="router") as im:
-        yield im
-
-
-@pytest.fixture
-def broker():
-    with Intermediary(mode="broker") as im:
-        yield im
-
-
 @pytest.fixture(params=["router", "broker"])
 def bus(request):
     with Intermediary(mode=request.param) as im:
