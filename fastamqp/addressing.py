@@ -138,7 +138,12 @@ def choose_addresser(config, peer_properties, vhost=None):
     """The addresser for a connection, from the options and the peer's Open properties.
 
     ``vhost`` is the URL's virtual host when pseudo_vhost is on, else None.
+    RabbitMQ (mode ``rabbitmq``, or ``dynamic`` and its product) has its own syntax:
+    fastamqp.rabbitmq.
     """
+    from fastamqp import rabbitmq  # it builds on this module
+    if rabbitmq.wanted(config, peer_properties):
+        return rabbitmq.RabbitMQAddresser.for_peer(config, peer_properties, vhost)
     product = (peer_properties or {}).get("product", BROKER_PRODUCT)
     if config.mode == "legacy" or (config.mode == "dynamic" and product == BROKER_PRODUCT):
         return LegacyAddresser(config, vhost)

@@ -8,7 +8,10 @@ peer's product, and engine errors to oslo exceptions (REFERENCE §3.7):
 * the caller gave a timeout and it passed: MessagingTimeout;
 * a driver default deadline passed, the peer refused, or retries ran out:
   MessageDeliveryFailure; with ``transport_options.at_least_once``, a message no
-  consumer took (released) raises MessageUndeliverable.
+  consumer took (released), or one the peer gave no credit for within
+  AT_LEAST_ONCE_CREDIT_WAIT (a router with no consumer), raises MessageUndeliverable.
+
+Notification pools are refused with NotificationPoolsUnsupported (see its docstring).
 """
 import logging
 import os
@@ -29,6 +32,7 @@ from fastamqp import codec
 from fastamqp import engine
 from fastamqp import exceptions
 from fastamqp import opts
+from fastamqp import rabbitmq
 from fastamqp.interface import ConnectionSettings, Host, Outcome
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +40,45 @@ LOG = logging.getLogger(__name__)
 # How long a heartbeat (call monitor keepalive) may take to go out: it is best effort,
 # and must never hold up the server's dispatch thread for long.
 HEARTBEAT_SEND_TIMEOUT = 5.0
+
+# How long a send with ``transport_options.at_least_once`` waits for the peer to give
+# its link credit before it is reported as MessageUndeliverable (never longer than the
+# caller's own deadline). A router (qdrouterd) grants credit only while a consumer of
+# the address exists, and does so one round trip after the link attaches, or within
+# about a second of route propagation in a mesh; so no credit after 5 s means "no
+# consumer", which the rabbit driver reports at once (mandatory flag) rather than
+# after the whole RPC timeout (60 s by default).
+AT_LEAST_ONCE_CREDIT_WAIT = 5.0
+
+
+class NotificationPoolsUnsupported(om_exceptions.ConfigurationError,
+                                   NotImplementedError):
+    """``get_notification_listener(..., pool=...)`` cannot be honoured over AMQP 1.0
+    addresses on qpidd or qdrouterd.
+
+    A pool needs the intermediary to keep one copy of every notification per pool
+    (any number of pools, named only by the listeners) and to share each copy among
+    that pool's members. The notifier cannot address pools it does not know, so the
+    intermediary must make the copies from the one address the notifier uses:
+
+    * qdrouterd stores nothing and has one distribution per address prefix:
+      ``multicast`` gives every member of every pool a copy, ``balanced``/``closest``
+      give one listener in total a copy. Neither is "one per pool".
+    * qpidd: a ``queue-patterns`` address is one queue (one copy in total); a
+      ``topic-patterns`` address gives every receiver link its own exclusive
+      subscription queue named ``<container-id>_<link name>`` (every member a
+      copy). Only a source with the ``shared`` capability makes qpidd name the
+      subscription queue after the link name alone and share it among all links of
+      that name: that is a pool, but the pool name then goes in the link name, not
+      the address, and the engine interface (``Connection.subscribe``) can set
+      neither the link name nor source capabilities yet. The notifier would also
+      have to send a second copy to a topic address for the pools, which only a
+      broker can take without a consumer (a router gives no credit).
+
+    Delivering duplicates inside a pool, or dropping the pool's copies, would break the
+    oslo contract silently, so the listener is refused. It is a NotImplementedError
+    as well, as oslo.messaging's driver API asks for unsupported pools.
+    """
 
 
 def _hosts(url, realm):
@@ -190,7 +233,11 @@ class ProtonDriver(base.BaseDriver):
                     retry_backoff=conf.connection_retry_backoff,
                     retry_interval_max=conf.connection_retry_interval_max,
                     link_retry_delay=conf.link_retry_delay,
+                    sender_link_timeout=conf.default_sender_link_timeout,
                     reply_link_credit=conf.reply_link_credit,
+                    # A named reply queue of this connection's own on RabbitMQ 3.x
+                    # (no dynamic sources there); dynamic elsewhere.
+                    reply_source=rabbitmq.ReplySource(self._addressing),
                     trace=conf.trace,
                     sasl_mechanisms=conf.sasl_mechanisms,
                     sasl_config_dir=conf.sasl_config_dir or None,
@@ -234,6 +281,11 @@ class ProtonDriver(base.BaseDriver):
             return oslo_messaging.MessagingTimeout(text)
         return om_exceptions.MessageDeliveryFailure(text)
 
+    def require_features(self, requeue=False):
+        # Requeue is supported: IncomingMessage.requeue() settles RELEASED, and the
+        # peer redelivers (REFERENCE §3.6). No other feature flag exists.
+        pass
+
     # ---- sending --------------------------------------------------------------
     def send(self, target, ctxt, message, wait_for_reply=False, timeout=None,
              call_monitor_timeout=None, retry=None, transport_options=None):
@@ -261,9 +313,9 @@ class ProtonDriver(base.BaseDriver):
                                                    timeout=timeout,
                                                    serializer=self.serializer)
                     presettled = "rpc-cast" in self.pre_settled
-                result = conn.send(address, payload, presettled=presettled,
-                                   deadline=deadline, retry=retry)
-                if result.outcome is not Outcome.ACCEPTED:
+                result = self._send_once(conn, address, payload, presettled, deadline,
+                                         retry, at_least_once, wait_for_reply, target)
+                if result is not None and result.outcome is not Outcome.ACCEPTED:
                     if self._resend(result, address, budget, deadline, at_least_once,
                                     target):
                         budget = None if budget is None else budget - 1
@@ -288,6 +340,30 @@ class ProtonDriver(base.BaseDriver):
                 raise common.deserialize_remote_exception(reply.failure,
                                                           self._allowed_remote_exmods)
             return reply.response
+
+    def _send_once(self, conn, address, payload, presettled, deadline, retry,
+                   at_least_once, wait_for_reply, target):
+        """One conn.send(); None when a call's request went out but its outcome is
+        still unknown (the reply decides)."""
+        if not at_least_once:
+            return conn.send(address, payload, presettled=presettled, deadline=deadline,
+                             retry=retry)
+        # at_least_once: no credit within AT_LEAST_ONCE_CREDIT_WAIT means no consumer.
+        short = min(deadline, time.monotonic() + AT_LEAST_ONCE_CREDIT_WAIT)
+        try:
+            return conn.send(address, payload, presettled=presettled, deadline=short,
+                             retry=retry)
+        except exceptions.SendTimeout as exc:
+            if exc.no_credit:
+                raise oslo_messaging.MessageUndeliverable(
+                    om_exceptions.MessageDeliveryFailure(
+                        f"{address}: no consumer (the peer gave no credit): {exc}"),
+                    target.exchange, target.topic, None) from None
+            if wait_for_reply and short < deadline:
+                # Credit came, so the request is out (or queued for the next credit);
+                # only its outcome is late. Its reply still counts until the deadline.
+                return None
+            raise
 
     def _resend(self, result, address, budget, deadline, at_least_once, target):
         """Whether a message the peer did not accept goes again (REFERENCE §3.6)."""
@@ -338,10 +414,13 @@ class ProtonDriver(base.BaseDriver):
     def listen_for_notifications(self, targets_and_priorities, pool, batch_size,
                                  batch_timeout):
         if pool is not None:
-            # A pool needs one copy per pool and competition inside it; plain AMQP 1.0
-            # addresses cannot ask a broker for that (the original refused too).
-            raise NotImplementedError("notification pools are not supported yet by "
-                                      "the amqp driver")
+            raise NotificationPoolsUnsupported(
+                f"notification pool {pool!r}: the amqp driver cannot give each pool "
+                "its own copy of every notification with members of a pool sharing it; "
+                "qdrouterd has no per-group distribution and qpidd needs a shared "
+                "subscription the engine cannot request (see "
+                "fastamqp.driver.NotificationPoolsUnsupported); listen without a pool "
+                "(listeners compete) or use a separate topic per consumer group")
         conn = self.connection()
         # Target.exchange is honoured (the original discarded it: REFERENCE §3.9 #3).
         topics = [oslo_messaging.Target(topic=f"{t.topic}.{priority}",

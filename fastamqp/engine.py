@@ -32,9 +32,21 @@ if not PUREPYTHON:
 
 codec = c_codec if c_codec is not None else py_codec
 
-# The connection engine. Only the pure-Python one (pyngus) exists so far; the C engine
-# (native I/O thread, issue 3) will be chosen here the same way as the codec.
-from fastamqp._pure.connection import Connection  # noqa: E402
+# The connection engine: the C one (native I/O thread, fastamqp._io) with the C codec,
+# else the pure-Python one on pyngus.
+from fastamqp._pure.connection import Connection as py_connection  # noqa: E402
+
+c_connection = None
+if c_codec is not None:
+    try:
+        from fastamqp._cengine import Connection as c_connection
+    except ImportError as exc:
+        c_import_error = exc
+        warnings.warn(
+            f"fastamqp: the C codec imports but the C connection engine does not "
+            f"({exc}); running the pure-Python engine.", RuntimeWarning, stacklevel=2)
+
+Connection = c_connection if c_connection is not None else py_connection
 
 
 def engine_name():

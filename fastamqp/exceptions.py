@@ -31,7 +31,16 @@ class AuthenticationError(ConnectionFailed):
 
 
 class SendTimeout(FastAmqpError, TimeoutError):
-    """A message was not settled by the peer before its deadline."""
+    """A message was not settled by the peer before its deadline.
+
+    ``no_credit`` is True when the peer never gave the link any credit: nothing could
+    be sent. Through a router that means no consumer exists for the address (how
+    qdrouterd says "no route"), which ``at_least_once`` reports as undeliverable.
+    """
+
+    def __init__(self, message, no_credit=False):
+        super().__init__(message)
+        self.no_credit = no_credit
 
 
 class SendFailure(FastAmqpError):

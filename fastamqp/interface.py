@@ -11,7 +11,7 @@ Deadlines are ``time.monotonic()`` values.
 """
 import dataclasses
 import enum
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 
 class Outcome(str, enum.Enum):
@@ -59,7 +59,15 @@ class ConnectionSettings:
     retry_backoff: float = 2
     retry_interval_max: float = 30
     link_retry_delay: float = 10
+    # A sender link with nothing to send for this long is detached (the original's
+    # default_sender_link_timeout); 0 keeps sender links for the connection's life.
+    sender_link_timeout: float = 600
     reply_link_credit: int = 200
+    # Where replies arrive. None, or a function of the PeerInfo returning None: a
+    # receiver with a dynamic source (the peer assigns the address). A function
+    # returning an address: a receiver on that named source, for peers without
+    # dynamic sources (RabbitMQ). Called again on every (re)connection.
+    reply_source: Optional[Callable[["PeerInfo"], Optional[str]]] = None
     trace: bool = False
     # SASL. The user name and password come from each Host (the driver has already
     # appended sasl_default_realm to user names without a realm).

@@ -14,7 +14,7 @@ from fastamqp.exceptions import ConfigurationError
 GROUP = "oslo_messaging_amqp"
 DEPRECATED_GROUP = "amqp1"
 
-ADDRESSING_MODES = ("legacy", "routable", "dynamic")
+ADDRESSING_MODES = ("legacy", "routable", "dynamic", "rabbitmq")
 PRE_SETTLED_TYPES = ("rpc-call", "rpc-reply", "rpc-cast", "notify")
 SERIALIZERS = ("json", "msgpack")
 
@@ -98,8 +98,12 @@ amqp1_opts = [
                choices=[(m, d) for m, d in zip(ADDRESSING_MODES, (
                    "the flat addresses of brokers such as qpidd",
                    "the hierarchical addresses of router meshes such as qdrouterd",
-                   "routable for every peer except qpidd (Open property product = "
-                   "'qpid-cpp', or none), chosen again after every reconnection"))],
+                   "rabbitmq for RabbitMQ (Open property product = 'RabbitMQ'), "
+                   "legacy for qpidd (product 'qpid-cpp', or none), routable for "
+                   "every other peer; chosen again after every reconnection",
+                   "RabbitMQ's queue and exchange addresses (/queue/..., "
+                   "/exchange/amq.direct/... on 3.x; /queues/..., /exchanges/... on "
+                   "4.x, chosen from the peer's version)"))],
                help="Address syntax of the messages and links this driver sends."),
     cfg.BoolOpt("pseudo_vhost", default=True,
                 help="Put the transport URL's virtual host into every address, for "

@@ -11,11 +11,11 @@ import pytest
 
 from fastamqp import exceptions
 from fastamqp._pure import connection as pure_connection
+from engines import ENGINES
 from fastamqp.engine import py_codec as codec
 from fastamqp.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary
 
-ENGINES = [pytest.param(pure_connection.Connection, id="python")]
 TIMEOUT = 10
 
 
@@ -293,3 +293,40 @@ def test_engine_satisfies_the_interface(engine):
             continue
         expected = list(inspect.signature(member).parameters)
         assert list(inspect.signature(ours).parameters) == expected, name
+
+
+def test_ten_thousand_calls_outstanding(connect, broker):
+    """10,000 calls registered and in flight at once on one connection; the replies
+    come back in reverse order and each reaches its own waiter."""
+    client = connect(broker)
+    server = connect(broker)
+    address = "unicast.tenk"
+    sub = server.subscribe([address], 500)
+    reply_to = client.reply_address(deadline())
+    count = 10_000
+    waiters = [(f"k{i}", client.expect_reply(f"k{i}")) for i in range(count)]
+    for mid, _ in waiters:
+        client.send(address, request(address, message_id=mid, reply_to=reply_to),
+                    presettled=True, deadline=deadline(60))
+    requests = []
+    while len(requests) < count:
+        batch = sub.poll(500, 30)
+        assert batch, f"only {len(requests)} of {count} requests arrived"
+        for delivery in batch:
+            sub.settle(delivery, Outcome.ACCEPTED)
+            requests.append(codec.decode(delivery.payload))
+    assert len({r.message_id for r in requests}) == count        # no duplicate
+    for req in reversed(requests):
+        server.send(req.reply_to, codec.encode_reply(req.reply_to, req.message_id,
+                                                     response=req.message_id),
+                    presettled=True, deadline=deadline(60))
+    for mid, waiter in waiters:
+        assert codec.decode(waiter.wait(deadline(60))).response == mid
+
+
+def test_closed_engine_refuses_work(connect, broker):
+    conn = connect(broker)
+    conn.close(5)
+    with pytest.raises(exceptions.EngineClosed):
+        conn.send("unicast.closed", request("unicast.closed"), presettled=False,
+                  deadline=deadline(2))

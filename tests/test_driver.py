@@ -192,3 +192,181 @@ def test_malformed_message_is_rejected_and_the_server_keeps_serving(transports):
             assert calc["dropped"] == 1 and calc["requeued"] == 0
         finally:
             stop(rpc_server)
+
+
+# ---- transport_options.at_least_once through a router --------------------------------
+
+AT_LEAST_ONCE = oslo_messaging.TransportOptions(at_least_once=True)
+
+
+@pytest.mark.parametrize("kind", ["call", "cast"])
+def test_at_least_once_without_a_consumer_is_undeliverable(router, transports, kind):
+    # qdrouterd gives a sender no credit while nobody consumes the address: that is its
+    # "no route", which at_least_once must report as MessageUndeliverable, well before
+    # the caller's 30 s timeout (the driver gives up after AT_LEAST_ONCE_CREDIT_WAIT).
+    transport = transports(router.url)
+    client = oslo_messaging.get_rpc_client(
+        transport, oslo_messaging.Target(topic="nobody-listens"), timeout=30,
+        transport_options=AT_LEAST_ONCE)
+    started = time.monotonic()
+    with pytest.raises(oslo_messaging.MessageUndeliverable) as info:
+        if kind == "call":
+            client.call({}, "add", a=1, b=2)
+        else:
+            client.cast({}, "record", value="lost")
+    took = time.monotonic() - started
+    assert took < fastamqp_driver.AT_LEAST_ONCE_CREDIT_WAIT + 5, took
+    assert info.value.routing_key == "nobody-listens"
+    # Nothing went out: the router saw no message for the address.
+    assert router.counters["received"] == 0
+
+
+def test_a_message_reported_undeliverable_is_never_delivered_later(router, transports):
+    transport = transports(router.url)
+    client = oslo_messaging.get_rpc_client(
+        transport, oslo_messaging.Target(topic="late"), timeout=30,
+        transport_options=AT_LEAST_ONCE)
+    with pytest.raises(oslo_messaging.MessageUndeliverable):
+        client.cast({}, "record", value="ghost")
+    endpoint = Calculator()
+    rpc_server = start_server(transport, endpoint, topic="late")
+    try:
+        # The consumer arrives after the caller was told "undeliverable".
+        assert not endpoint.cast_seen.wait(3), endpoint.casts
+    finally:
+        stop(rpc_server)
+
+
+def test_at_least_once_with_a_consumer_is_delivered(router, transports):
+    transport = transports(router.url)
+    endpoint = Calculator()
+    rpc_server = start_server(transport, endpoint)
+    try:
+        time.sleep(0.3)
+        client = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic="calc"), timeout=TIMEOUT,
+            transport_options=AT_LEAST_ONCE)
+        assert client.call({}, "add", a=4, b=5) == 9
+        client.cast({}, "record", value="kept")
+        assert endpoint.cast_seen.wait(TIMEOUT)
+        assert endpoint.casts == ["kept"]
+    finally:
+        stop(rpc_server)
+
+
+def test_at_least_once_released_is_undeliverable(router, transports):
+    # The router released the message (its consumer went away with it): no consumer
+    # took it, so at_least_once reports it at once instead of resending.
+    transport = transports(router.url)
+    rpc_server = start_server(transport, Calculator())
+    try:
+        time.sleep(0.3)
+        router.faults.set_outcome("openstack.org/om/rpc/anycast", "released")
+        client = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic="calc"), timeout=TIMEOUT,
+            transport_options=AT_LEAST_ONCE)
+        with pytest.raises(oslo_messaging.MessageUndeliverable):
+            client.call({}, "add", a=1, b=1)
+        assert router.counters["released"] == 1
+    finally:
+        stop(rpc_server)
+
+
+def test_without_at_least_once_no_credit_keeps_the_timeout_semantics(router, transports):
+    # REFERENCE §3.7: the caller's timeout passing is a MessagingTimeout.
+    transport = transports(router.url)
+    client = oslo_messaging.get_rpc_client(
+        transport, oslo_messaging.Target(topic="nobody-listens"), timeout=2)
+    with pytest.raises(oslo_messaging.MessagingTimeout) as info:
+        client.call({}, "add", a=1, b=2)
+    assert not isinstance(info.value, oslo_messaging.MessageUndeliverable)
+
+
+# ---- notification pools ---------------------------------------------------------
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.lock = threading.Lock()
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self.lock:
+            self.events.append(payload["n"])
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
+def test_notification_pool_is_refused_with_the_reason(bus, transports, batch):
+    transport = transports(bus.url, notification=True)
+    targets = [oslo_messaging.Target(topic="notifications")]
+    if batch:
+        listener = oslo_messaging.get_batch_notification_listener(
+            transport, targets, [Recorder()], executor="threading", pool="pool-a",
+            batch_size=5, batch_timeout=1)
+    else:
+        listener = oslo_messaging.get_notification_listener(
+            transport, targets, [Recorder()], executor="threading", pool="pool-a")
+    with pytest.raises(fastamqp_driver.NotificationPoolsUnsupported) as info:
+        listener.start()
+    text = str(info.value)
+    assert "pool-a" in text and "qdrouterd" in text and "qpidd" in text
+    # oslo's driver API asks for NotImplementedError when pools are unsupported.
+    assert isinstance(info.value, NotImplementedError)
+    # Nothing was subscribed.
+    assert bus.counters["links_total"] == 0
+
+
+def test_listeners_without_a_pool_compete(transports):
+    with Intermediary(mode="broker") as broker:
+        transport = transports(broker.url, notification=True)
+        recorders = [Recorder(), Recorder()]
+        listeners = [oslo_messaging.get_notification_listener(
+            transport, [oslo_messaging.Target(topic="notifications")], [r],
+            executor="threading") for r in recorders]
+        for listener in listeners:
+            listener.start()
+        try:
+            notifier = oslo_messaging.Notifier(transport, publisher_id="p",
+                                               driver="messagingv2",
+                                               topics=["notifications"])
+            for n in range(20):
+                notifier.info({}, "e", {"n": n})
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline and sum(
+                    len(r.events) for r in recorders) < 20:
+                time.sleep(0.05)
+            time.sleep(0.3)  # a duplicate would show up now
+            seen = recorders[0].events + recorders[1].events
+            assert sorted(seen) == list(range(20))       # each once, none twice
+            assert all(r.events for r in recorders)      # both took a share
+        finally:
+            for listener in listeners:
+                listener.stop()
+                listener.wait()
+
+
+def test_notification_listener_honours_target_exchange(broker, conf, transports):
+    # REFERENCE §3.9 #3: the original discarded a listener's Target.exchange (it always
+    # listened in its own control_exchange); fastamqp honours it, so this listener
+    # hears what is sent to "nova" and not what is sent to the default "openstack".
+    default = transports(broker.url, notification=True)
+    conf.set_override("control_exchange", "nova")
+    nova = transports(broker.url, notification=True)
+    recorder = Recorder()
+    listener = oslo_messaging.get_notification_listener(
+        default, [oslo_messaging.Target(topic="notifications", exchange="nova")],
+        [recorder], executor="threading")
+    listener.start()
+    try:
+        for transport, n in ((default, 1), (nova, 2)):
+            oslo_messaging.Notifier(transport, publisher_id="p", driver="messagingv2",
+                                    topics=["notifications"]).info({}, "e", {"n": n})
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline and not recorder.events:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert recorder.events == [2]
+        stored = broker.counters["addresses"]["unicast.openstack.notifications.info"]
+        assert stored["stored"] == 1          # kept for a listener of "openstack"
+    finally:
+        listener.stop()
+        listener.wait()

@@ -17,6 +17,7 @@ import pytest
 from certs import have_openssl, make_pki
 from fastamqp import exceptions
 from fastamqp._pure import connection as pure_connection
+from engines import ENGINES
 from fastamqp.engine import py_codec as codec
 from fastamqp.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.skipif(
                                or shutil.which("/usr/sbin/saslpasswd2")),
     reason="needs the openssl and saslpasswd2 (sasl2-bin) programs")
 
-ENGINES = [pytest.param(pure_connection.Connection, id="python")]
 PASSWORD = "Pw-9f3c1e-not-in-logs"
 WAIT = 8          # what the tests give wait_active
 FAST = 3          # how soon a refusal must arrive instead

@@ -14,14 +14,8 @@ What it does, and why:
   next connection while their retry budget and deadline allow (§3.9 #8);
 * casts and notifications do not wait for the reply link (§3.9 #6);
 * subscriptions and the reply link are re-attached after every reconnection;
-* SASL (ANONYMOUS, PLAIN, EXTERNAL; Cyrus options) and TLS are configured afresh for
-  EVERY connection from the host being connected to: the certificate name checked is
-  that host's (the original driver once checked the first host's name after a
-  failover, LP#1938945);
-* a refused login or a server certificate that does not verify is remembered per host;
-  once every host has refused us, ``wait_active`` raises that error at once
-  (AuthenticationError / ConnectionFailed naming the cause) instead of a timeout. The
-  engine keeps retrying in the background, as the original driver did.
+* SASL (ANONYMOUS, PLAIN, EXTERNAL; Cyrus options) and TLS per host, and the errors
+  of refusals, are decided in fastamqp._control, shared with the C engine.
 """
 import collections
 import heapq
@@ -30,7 +24,6 @@ import logging
 import os
 import select
 import socket
-import ssl
 import threading
 import time
 
@@ -38,6 +31,7 @@ import proton
 import pyngus
 
 from fastamqp import exceptions
+from fastamqp._control import ControlPlane, is_tls_failure
 from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult
 
 LOG = logging.getLogger(__name__)
@@ -102,6 +96,8 @@ class _Sender:
         self.link = None
         self.active = False
         self.waiting = collections.deque()   # _Send, until the link is active
+        self.credit_seen = False             # has the peer ever given this link credit?
+        self.last_used = time.monotonic()
         self.in_flight = {}                  # handle -> _Send, awaiting the outcome
 
     def attach(self, pyngus_conn):
@@ -112,10 +108,22 @@ class _Sender:
         self.link.open()
 
     def submit(self, send):
-        if self.active:
+        self.last_used = time.monotonic()
+        if self.active and not self.waiting and self.link.credit > 0:
             self._transmit(send)
         else:
             self.waiting.append(send)
+
+    def _drain(self):
+        # Hand sends to pyngus only while there is credit: pyngus would queue the rest
+        # out of our reach, and a send that ended at its deadline (reported
+        # undeliverable or timed out) could still go out once credit came.
+        while self.active and self.waiting and self.link.credit > 0:
+            self._transmit(self.waiting.popleft())
+
+    @property
+    def idle(self):
+        return not self.waiting and not self.in_flight
 
     def _transmit(self, send):
         if send.done.is_set():
@@ -129,6 +137,7 @@ class _Sender:
             self.link.send(_Encoded(send.payload), self._outcome, handle)
 
     def _outcome(self, link, handle, state, info):
+        self.last_used = time.monotonic()
         send = self.in_flight.pop(handle, None)
         if send is None:
             return
@@ -147,8 +156,7 @@ class _Sender:
     # pyngus SenderEventHandler
     def sender_active(self, link):
         self.active = True
-        while self.waiting:
-            self._transmit(self.waiting.popleft())
+        self._drain()
 
     def sender_remote_closed(self, link, condition):
         LOG.warning("peer detached the sender link to %s: %s", self.address, condition)
@@ -158,7 +166,8 @@ class _Sender:
         pass
 
     def credit_granted(self, link):
-        pass
+        self.credit_seen = True
+        self._drain()
 
     def sender_failed(self, link, error):
         LOG.warning("sender link to %s failed: %s", self.address, error)
@@ -229,14 +238,21 @@ class _ReplyLink:
 
     def attach(self, pyngus_conn):
         name = f"fastamqp/receiver/[rpc-response]/{next(self.engine._ids)}"
+        source = self.engine._settings.reply_source
+        named = source(self.engine.peer) if source is not None else None
         # No source address: pyngus asks the peer for a dynamic source.
-        self.link = pyngus_conn.create_receiver("rpc-response", event_handler=self,
-                                                name=name)
+        self.link = pyngus_conn.create_receiver(named or "rpc-response",
+                                                source_address=named,
+                                                event_handler=self, name=name)
+        if named is None:
+            # RabbitMQ 4.1+ makes a temporary queue only for a dynamic source with
+            # this capability; qdrouterd and qpidd ignore ones they do not know.
+            self.link._pn_link.source.capabilities.put_symbol("temporary-queue")
         self.link.add_capacity(self.credit)
         self.link.open()
 
     def receiver_active(self, link):
-        self.address = link.source_address
+        self.address = link.source_address or link._pn_link.source.address
         self.engine._reply_ready.set()
 
     def receiver_remote_closed(self, link, condition):
@@ -257,7 +273,9 @@ class _ReplyLink:
             # A late reply (its caller gave up) or one for another client: tell the
             # peer not to redeliver it here (REFERENCE §3.4).
             link.message_modified(handle, True, True, None)
-        elif message.body is None:
+        elif message.body is None or message.body == b"":
+            # No body, or (RabbitMQ 3.x adds one to body-less messages) an empty data
+            # section: a heartbeat.
             waiter.heartbeat()
             link.message_accepted(handle)
         else:
@@ -375,14 +393,11 @@ class _Subscription:
         done.wait(5)
 
 
-class Connection:
+class Connection(ControlPlane):
     """See fastamqp.interface.Connection."""
 
     def __init__(self, hosts, settings):
-        if not hosts:
-            raise exceptions.ConfigurationError("no host to connect to")
-        self._hosts = list(hosts)
-        self._settings = settings
+        super().__init__(hosts, settings)
         self._ids = itertools.count(1)
         self._commands = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
@@ -394,10 +409,6 @@ class Connection:
         self._thread = None
         self._closing = False
         self._stopped = threading.Event()
-        self._active = threading.Event()
-        self._reply_ready = threading.Event()
-        self._peer = None
-        self._error = None
         self._host_index = 0
         self._delay = settings.retry_interval
         self._reconnect_at = 0.0
@@ -412,11 +423,6 @@ class Connection:
         self._reply = _ReplyLink(self, settings.reply_link_credit)
         self._calls = {}
         self._timers = []            # heap of (when, seq, fn)
-        self._status = threading.Condition()   # notified on active / refused
-        self._refusals = {}          # host index -> error, since the last success
-        self._fatal = None           # set when every host has refused us
-        self._epoch = 0              # bumped on every successful connection
-        self._current_index = 0
         self._current_host = None
 
     # ---- lifecycle (any thread) -----------------------------------------------
@@ -425,37 +431,6 @@ class Connection:
             target=self._run, daemon=True,
             name=f"fastamqp I/O {self._settings.container_id}")
         self._thread.start()
-
-    def wait_active(self, timeout):
-        deadline = time.monotonic() + max(0.0, timeout)
-        with self._status:
-            while not self._active.is_set():
-                if self._fatal is not None:
-                    # Every host refused our credentials or certificate: waiting
-                    # longer would only turn a clear error into a timeout.
-                    raise self._fatal
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._status.wait(min(left, 1.0))
-        if self._active.is_set():
-            return self._peer
-        refusal = next(reversed(self._refusals.values()), None) \
-            if self._refusals else None
-        if refusal is not None:
-            raise refusal
-        if self._error is not None:
-            raise self._error
-        raise exceptions.ConnectionFailed(
-            f"not connected after {timeout} s to any of {self._hosts}")
-
-    @property
-    def peer(self):
-        return self._peer
-
-    @property
-    def active(self):
-        return self._active.is_set()
 
     def close(self, timeout=30.0):
         if self._thread is None or self._closing:
@@ -466,6 +441,8 @@ class Connection:
 
     # ---- operations (any thread) ----------------------------------------------
     def send(self, address, payload, *, presettled, deadline, retry=None):
+        if self._stopped.is_set() or self._closing:
+            raise exceptions.EngineClosed("the connection was closed")
         send = _Send(address, payload, presettled, deadline, retry)
         self._call_soon(lambda: self._submit(send))
         send.done.wait(max(0.0, deadline - time.monotonic()) + 1.0)
@@ -517,6 +494,9 @@ class Connection:
 
     def _run(self):
         try:
+            if self._settings.sender_link_timeout > 0:
+                self._later(min(self._settings.sender_link_timeout / 2, 10.0),
+                            self._purge_senders)
             self._connect()
             while not self._stopped.is_set():
                 self._loop_once()
@@ -549,13 +529,16 @@ class Connection:
             self._connection_lost("socket error")
         if self._wake_r in readable:
             # One read only: under eventlet, os.read() on an empty pipe waits for data
-            # instead of raising BlockingIOError.
-            with self._wake_lock:
-                self._wake_pending = False
+            # instead of raising BlockingIOError. Read BEFORE clearing the flag: cleared
+            # first, a byte written in between would be swallowed by this read while
+            # the flag stayed set, and every later command would wait for the select
+            # timeout (a lost wake-up).
             try:
                 os.read(self._wake_r, 65536)
             except BlockingIOError:
                 pass
+            with self._wake_lock:
+                self._wake_pending = False
         while self._commands:
             self._commands.popleft()()
         pconn, sock = self._pconn, self._sock
@@ -592,60 +575,19 @@ class Connection:
     def _expire_sends(self, now):
         while self._deadlines and self._deadlines[0][0] <= now:
             send = heapq.heappop(self._deadlines)[2]
-            send.finish(error=exceptions.SendTimeout(
-                f"no outcome for the message to {send.address} before its deadline"))
+            if send.done.is_set():
+                continue
+            sender = self._senders.get(send.address)
+            starved = sender is None or not (sender.credit_seen or (
+                sender.link is not None and sender.link.credit > 0))
+            if starved:
+                text = (f"the peer gave no credit for {send.address} before the "
+                        f"deadline (through a router: no consumer)")
+            else:
+                text = f"no outcome for the message to {send.address} before its deadline"
+            send.finish(error=exceptions.SendTimeout(text, no_credit=starved))
 
     # ---- connection management (I/O thread) -----------------------------------
-    def _sasl_props(self, host):
-        """pyngus SASL properties for ``host`` (its own user and password)."""
-        settings = self._settings
-        props = {}
-        mechs = " ".join(settings.sasl_mechanisms.upper().split())
-        if host.username:
-            props["x-username"] = host.username
-            props["x-password"] = host.password or ""
-        if mechs:
-            # pyngus also forbids PLAIN/ANONYMOUS unless one of them is listed.
-            props["x-sasl-mechs"] = mechs
-        elif not host.username and not settings.ssl_cert_file:
-            props["x-sasl-mechs"] = "ANONYMOUS"
-        if settings.sasl_config_dir:
-            props["x-sasl-config-dir"] = settings.sasl_config_dir
-        if settings.sasl_config_name:
-            props["x-sasl-config-name"] = settings.sasl_config_name
-        if not props:
-            props["x-force-sasl"] = True   # e.g. EXTERNAL with only a certificate
-        return props
-
-    def _peer_name(self, host):
-        return self._settings.ssl_peer_name or host.hostname
-
-    def _ca_file(self):
-        if self._settings.ssl_ca_file:
-            return self._settings.ssl_ca_file
-        paths = ssl.get_default_verify_paths()
-        for candidate in (paths.cafile, paths.capath, paths.openssl_cafile,
-                          paths.openssl_capath):
-            if candidate and os.path.exists(candidate):
-                return candidate
-        raise exceptions.ConfigurationError(
-            "ssl is on but no CA certificates were found to verify the server with: "
-            "set ssl_ca_file")
-
-    def _tls_props(self, host):
-        """pyngus TLS properties, built for THIS host on every connection."""
-        settings = self._settings
-        if not settings.tls:
-            return {}
-        props = {"x-ssl-ca-file": self._ca_file(),
-                 "x-ssl-verify-mode": "verify-peer",
-                 "x-ssl-peer-name": self._peer_name(host)}
-        if settings.ssl_cert_file:
-            props["x-ssl-identity"] = (settings.ssl_cert_file,
-                                       settings.ssl_key_file or settings.ssl_cert_file,
-                                       settings.ssl_key_password)
-        return props
-
     def _connect(self):
         if self._closing:
             return
@@ -683,14 +625,12 @@ class Connection:
                 f"fastamqp-{self._generation}", self, props)
         except (proton.SSLException, proton.SSLUnavailable) as exc:
             sock.close()
-            # set_credentials failed: wrong file or key password. Never the password.
-            what = ("TLS is not available in this Proton build"
-                    if isinstance(exc, proton.SSLUnavailable) else
-                    f"TLS configuration error: cannot use the client certificate "
-                    f"{self._settings.ssl_cert_file} / key {self._settings.ssl_key_file}"
-                    f" (unreadable file, or wrong ssl_key_password), or the CA file "
-                    f"{props.get('x-ssl-ca-file')}")
-            self._refused(index, exceptions.ConnectionFailed(what))
+            # set_credentials failed: wrong file or key password.
+            if isinstance(exc, proton.SSLUnavailable):
+                self._refused(index, exceptions.ConnectionFailed(
+                    "TLS is not available in this Proton build"))
+            else:
+                self._tls_config_failed(index, props.get("x-ssl-ca-file"))
             self._schedule_reconnect()
             return
         self._sock = sock
@@ -699,18 +639,6 @@ class Connection:
         self._pconn = pconn
         self._pconn.user_context = host
         self._pconn.open()
-
-    def _refused(self, index, error):
-        """``error`` (our credentials or the server certificate) is why the host at
-        ``index`` would not have us; once every host has said no, wait_active raises."""
-        LOG.error("%s", error)
-        self._error = error
-        with self._status:
-            self._refusals.pop(index, None)   # keep the most recent one last
-            self._refusals[index] = error
-            if len(self._refusals) >= len(self._hosts):
-                self._fatal = error
-            self._status.notify_all()
 
     def _schedule_reconnect(self):
         if self._closing:
@@ -770,6 +698,16 @@ class Connection:
             self._finish_close()
             return
         self._schedule_reconnect()
+
+    def _purge_senders(self):
+        """Detach sender links idle for longer than sender_link_timeout."""
+        timeout = self._settings.sender_link_timeout
+        now = time.monotonic()
+        for address, sender in list(self._senders.items()):
+            if sender.idle and sender.link is not None and now - sender.last_used > timeout:
+                del self._senders[address]
+                sender.link.close()
+        self._later(min(timeout / 2, 10.0), self._purge_senders)
 
     def _begin_close(self):
         self._closing = True
@@ -855,19 +793,13 @@ class Connection:
         self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
                               {str(k): v for k, v in props.items()})
         self._delay = self._settings.retry_interval
-        self._error = None
-        with self._status:
-            self._epoch += 1
-            self._refusals.clear()
-            self._fatal = None
+        self._opened()
         self._reply.attach(pconn)
         for sub in self._subscriptions:
             sub.links.clear()
             sub.attach(pconn)
         resubmit, self._resubmit = self._resubmit or [], []
-        with self._status:
-            self._active.set()
-            self._status.notify_all()
+        self._set_active()
         for send in resubmit:
             self._submit(send)
         for sender in self._senders.values():
@@ -876,41 +808,14 @@ class Connection:
 
     def connection_failed(self, pconn, error):
         text = str(error)
-        if self._settings.tls and pconn is self._pconn and _is_tls_failure(text):
-            self._tls_failed(pconn.user_context, text)
+        if self._settings.tls and pconn is self._pconn and is_tls_failure(text):
+            self._tls_failed(self._current_index, pconn.user_context, text)
         self._connection_lost(f"connection failed: {error}")
 
-    def _tls_failed(self, host, text):
-        """The TLS handshake failed. Proton says only "certificate verify failed" for
-        both an untrusted certificate and a name mismatch: a short check in another
-        thread (Python's ssl, same CA file) tells which, then the host counts as
-        refusing us."""
-        index, epoch = self._current_index, self._epoch
-        peer_name = self._peer_name(host)
-        try:
-            ca_file = self._ca_file()
-        except exceptions.FastAmqpError:
-            ca_file = None
-        self._error = exceptions.ConnectionFailed(
-            f"TLS handshake with {host!r} failed: {_tls_reason(text)}")
-
-        def diagnose():
-            cause = _diagnose_tls(host, ca_file, peer_name, text)
-            error = exceptions.ConnectionFailed(
-                f"TLS handshake with {host!r} failed: {cause}")
-
-            def report():
-                if self._epoch == epoch and not self._active.is_set():
-                    self._refused(index, error)
-            self._call_soon(report)
-        threading.Thread(target=diagnose, daemon=True,
-                         name="fastamqp TLS diagnosis").start()
-
     def connection_remote_closed(self, pconn, condition):
-        if condition is not None and "unauthorized" in str(condition.name):
-            self._refused(self._current_index, exceptions.AuthenticationError(
-                f"authentication with {pconn.user_context!r} failed: the peer closed "
-                f"the connection with {condition.name}: {condition.description}"))
+        if condition is not None:
+            self._closed_by_peer(self._current_index, pconn.user_context,
+                                 str(condition.name), condition.description)
         pconn.close()
         self._connection_lost(f"peer closed the connection: {condition}")
 
@@ -932,79 +837,6 @@ class Connection:
             if self._settings.trace and host.password:
                 pconn.pn_transport.trace(proton.Transport.TRACE_FRM)
             return
-        mech = pn_sasl.mech or None
-        offered = self._settings.sasl_mechanisms or (
-            "PLAIN, ANONYMOUS, EXTERNAL, ..." if host.username else "ANONYMOUS")
-        if result == proton.SASL.AUTH and mech:
-            who = f"user {host.username!r}" if host.username else "the client"
-            cause = (f"the server refused the credentials of {who} "
-                     f"(SASL mechanism {mech})")
-        elif not mech:
-            cause = (f"no SASL mechanism acceptable to both sides (this client allows "
-                     f"{offered}; see sasl_mechanisms)")
-        else:
-            cause = f"SASL outcome {result} with mechanism {mech}"
         condition = pconn.pn_transport.condition if pconn.pn_transport else None
-        if condition is not None and condition.description:
-            cause += f": {condition.description}"
-        self._refused(self._current_index, exceptions.AuthenticationError(
-            f"SASL authentication with {host!r} failed: {cause}"))
-
-
-_TLS_MARKERS = ("SSL Failure", "certificate verify failed", "SSL routines", "TLS")
-
-
-def _is_tls_failure(text):
-    return any(marker in text for marker in _TLS_MARKERS)
-
-
-def _tls_reason(text):
-    if "certificate verify failed" in text:
-        return ("the server certificate did not verify (untrusted, or its name does "
-                f"not match): {text}")
-    if "certificate required" in text:
-        return ("the server requires a client certificate (set ssl_cert_file and "
-                f"ssl_key_file): {text}")
-    if "unknown ca" in text or "bad certificate" in text:
-        return f"the server did not accept our client certificate: {text}"
-    return text
-
-
-def _name_matches(pattern, name):
-    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
-    if pattern.startswith("*."):
-        head, _, rest = name.partition(".")
-        return bool(head) and rest == pattern[2:]
-    return pattern == name
-
-
-def _diagnose_tls(host, ca_file, peer_name, text, timeout=3.0):
-    """Tell an untrusted server certificate from a name mismatch (Proton's error does
-    not), with one extra TLS handshake that checks the chain only."""
-    generic = _tls_reason(text)
-    if not ca_file or "certificate verify failed" not in text:
-        return generic
-    try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        if os.path.isdir(ca_file):
-            ctx.load_verify_locations(capath=ca_file)
-        else:
-            ctx.load_verify_locations(cafile=ca_file)
-        with socket.create_connection((host.hostname, host.port), timeout=timeout) as raw:
-            with ctx.wrap_socket(raw, server_hostname=None) as tls:
-                cert = tls.getpeercert()
-    except ssl.SSLCertVerificationError as exc:
-        return (f"the server certificate did not verify against the CA file {ca_file}: "
-                f"{exc.verify_message}")
-    except (OSError, ValueError):
-        return generic
-    # Proton matches the DNS names of subjectAltName, then the commonName (not IPs).
-    names = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
-    names += [value for rdn in cert.get("subject", ()) for key, value in rdn
-              if key == "commonName" and value not in names]
-    if not any(_name_matches(n, peer_name) for n in names):
-        return (f"the server certificate is trusted but its names {names} do not match "
-                f"the expected peer name {peer_name!r} (name mismatch)")
-    return generic
+        self._sasl_failed(self._current_index, host, result, pn_sasl.mech or None,
+                          condition.description if condition is not None else None)

@@ -1,0 +1,2139 @@
+/* The C connection engine; see fa_io.h for the threading and ownership rules.
+ *
+ * Behaviour mirrors the pure-Python reference (fastamqp/_pure/connection.py) test for
+ * test: failover round robin with a multiplied back-off; pre-settled sends complete
+ * once their bytes have left through the socket; in-doubt sends are resent after a
+ * failover while their retry budget and deadline allow; subscriptions and the reply
+ * link are attached again on every connection; links detached by the peer come back
+ * after link_retry_delay; replies are correlated here, on the I/O thread.
+ */
+#define _GNU_SOURCE
+#include "fa_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <proton/condition.h>
+#include <proton/connection.h>
+#include <proton/connection_driver.h>
+#include <proton/delivery.h>
+#include <proton/disposition.h>
+#include <proton/event.h>
+#include <proton/link.h>
+#include <proton/message.h>
+#include <proton/sasl.h>
+#include <proton/session.h>
+#include <proton/ssl.h>
+#include <proton/terminus.h>
+#include <proton/transport.h>
+
+#define CONNECT_TIMEOUT 10.0
+#define TEMPORARY_QUEUE "temporary-queue"
+#define CLOSE_GRACE 2.0
+
+/* ---- small helpers ------------------------------------------------------------ */
+
+/* Live objects of each kind, for the leak tests (fa_live). */
+static long live[FA_LIVE_KINDS];
+#define LIVE_ADD(kind, n) __atomic_add_fetch(&live[kind], (n), __ATOMIC_RELAXED)
+
+long fa_live(int kind)
+{
+    return kind >= 0 && kind < FA_LIVE_KINDS ? __atomic_load_n(&live[kind], __ATOMIC_RELAXED) : -1;
+}
+
+double fa_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static void abs_timespec(double deadline, struct timespec *ts)
+{
+    /* Condition variables are set to CLOCK_MONOTONIC: time.monotonic() deadlines
+     * from Python apply as they are. */
+    if (deadline > 1e12) deadline = 1e12;
+    ts->tv_sec = (time_t)deadline;
+    ts->tv_nsec = (long)((deadline - (double)ts->tv_sec) * 1e9);
+    if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
+    if (ts->tv_nsec < 0) ts->tv_nsec = 0;
+}
+
+static void init_cond(pthread_cond_t *cond)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+/* Wait on cond (io->lock held) until *seq moves past seen or deadline passes. */
+static uint64_t wait_seq(pthread_mutex_t *lock, pthread_cond_t *cond,
+                         const uint64_t *seq, uint64_t seen, double deadline)
+{
+    struct timespec ts;
+    abs_timespec(deadline, &ts);
+    while (*seq == seen) {
+        if (pthread_cond_timedwait(cond, lock, &ts) == ETIMEDOUT) break;
+    }
+    return *seq;
+}
+
+/* The same, taking and releasing the lock: what every fa_*_wait does. */
+static uint64_t wait_unlocked(pthread_mutex_t *lock, pthread_cond_t *cond,
+                              const uint64_t *seq, uint64_t seen, double deadline)
+{
+    pthread_mutex_lock(lock);
+    uint64_t now = wait_seq(lock, cond, seq, seen, deadline);
+    pthread_mutex_unlock(lock);
+    return now;
+}
+
+/* A string-keyed hash map (chained), used for senders and calls. */
+typedef struct fa_entry { char *key; void *value; struct fa_entry *next; } fa_entry;
+typedef struct { fa_entry **buckets; size_t nbuckets, count; } fa_map;
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
+    while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ULL; }
+    return h;
+}
+
+static void map_init(fa_map *m)
+{
+    m->nbuckets = 64;
+    m->count = 0;
+    m->buckets = calloc(m->nbuckets, sizeof(fa_entry *));
+}
+
+static fa_entry **map_slot(fa_map *m, const char *key)
+{
+    fa_entry **p = &m->buckets[hash_str(key) & (m->nbuckets - 1)];
+    while (*p && strcmp((*p)->key, key) != 0) p = &(*p)->next;
+    return p;
+}
+
+static void *map_get(fa_map *m, const char *key)
+{
+    fa_entry *e = *map_slot(m, key);
+    return e ? e->value : NULL;
+}
+
+static void map_grow(fa_map *m)
+{
+    size_t n = m->nbuckets * 2, i;
+    fa_entry **b = calloc(n, sizeof(fa_entry *));
+    for (i = 0; i < m->nbuckets; i++) {
+        fa_entry *e = m->buckets[i];
+        while (e) {
+            fa_entry *next = e->next;
+            size_t h = hash_str(e->key) & (n - 1);
+            e->next = b[h];
+            b[h] = e;
+            e = next;
+        }
+    }
+    free(m->buckets);
+    m->buckets = b;
+    m->nbuckets = n;
+}
+
+/* Returns the value it replaced, if any. */
+static void *map_put(fa_map *m, const char *key, void *value)
+{
+    fa_entry **p = map_slot(m, key);
+    if (*p) {
+        void *old = (*p)->value;
+        (*p)->value = value;
+        return old;
+    }
+    fa_entry *e = malloc(sizeof *e);
+    e->key = strdup(key);
+    e->value = value;
+    e->next = NULL;
+    *p = e;
+    if (++m->count > m->nbuckets * 2) map_grow(m);
+    return NULL;
+}
+
+static void *map_del(fa_map *m, const char *key)
+{
+    fa_entry **p = map_slot(m, key);
+    fa_entry *e = *p;
+    if (!e) return NULL;
+    void *value = e->value;
+    *p = e->next;
+    free(e->key);
+    free(e);
+    m->count--;
+    return value;
+}
+
+/* Calls fn on every value and empties the map. */
+static void map_drain(fa_map *m, void (*fn)(void *, void *), void *arg)
+{
+    size_t i;
+    for (i = 0; i < m->nbuckets; i++) {
+        fa_entry *e = m->buckets[i];
+        m->buckets[i] = NULL;
+        while (e) {
+            fa_entry *next = e->next;
+            if (fn) fn(arg, e->value);
+            free(e->key);
+            free(e);
+            e = next;
+        }
+    }
+    m->count = 0;
+}
+
+/* ---- the shared objects --------------------------------------------------------- */
+
+struct sender;
+
+typedef struct oplist { fa_op *head, *tail; size_t count; } oplist;
+
+struct fa_op {
+    int refs;
+    uint64_t id;
+    char *address, *payload;
+    size_t size;
+    int presettled;
+    double deadline;
+    int retries_left;                 /* -1: no limit */
+    /* shared, under io->lock */
+    fa_result res;
+    uint64_t seq;
+    pthread_cond_t cond;
+    /* I/O thread only */
+    fa_op *prev, *next;
+    oplist *list;
+    size_t heap_idx;                  /* SIZE_MAX: not in the deadline heap */
+    uint64_t mark;                    /* pre-settled: output offset of its last byte */
+    double retry_at;
+    pn_delivery_t *delivery;          /* unsettled and in flight */
+    fa_op *cmd_next;                  /* in the submitted queue */
+};
+
+struct fa_call {
+    int refs;
+    uint64_t id;
+    char *key;
+    /* shared, under io->lock */
+    int state, error;
+    uint64_t beats, seq;
+    char text[256];
+    char *reply;
+    size_t reply_size;
+    pthread_cond_t cond;
+};
+
+struct fa_rec {
+    fa_rec *next;
+    pn_delivery_t *delivery;
+    uint64_t generation;
+    struct rlink *rlink;
+    char *address;
+    size_t size;
+    char *payload;
+    int outcome;                      /* set when queued for settlement */
+};
+
+struct fa_sub {
+    int refs;
+    uint64_t id;
+    int credit;
+    /* shared, under io->lock */
+    char **addresses;
+    int naddresses;
+    fa_rec *head, *tail;
+    int stopped, closed;
+    uint64_t seq;
+    pthread_cond_t cond;
+    /* I/O thread only */
+    struct fa_sub *io_next;
+};
+
+typedef struct rlink {               /* a receiver link of this connection */
+    struct rlink *next;               /* io->rlinks: freed with the connection */
+    fa_sub *sub;                      /* NULL: the reply link */
+    char *address;
+    pn_link_t *link;
+    int closed;
+    int credit;
+} rlink;
+
+typedef struct sender {
+    char *address;
+    pn_link_t *link;
+    int active, credit_seen;
+    double last_used;
+    oplist waiting, inflight;
+} sender;
+
+enum { CMD_SUBSCRIBE = 1, CMD_UNSUBSCRIBE, CMD_ACTIVATE, CMD_CLOSE };
+typedef struct cmd {
+    int kind;
+    void *ptr;
+    uint64_t generation;
+    char *text;
+    struct cmd *next;
+} cmd;
+
+enum { T_RECONNECT = 1, T_CONNECT_TIMEOUT, T_CLOSE_GRACE, T_REATTACH };
+typedef struct timer {
+    double when;
+    int kind;
+    uint64_t generation;
+    fa_sub *sub;
+    char *address;
+} timer;
+
+struct fa_io {
+    /* configuration (copied) */
+    char *container_id, *vhost, **properties;
+    int nproperties;
+    double idle_timeout, retry_interval, retry_backoff, retry_max, link_retry_delay;
+    double sender_timeout, next_purge;
+    int reply_credit, trace, tls, green;
+    char *sasl_dir, *sasl_name, *ca_file, *cert_file, *key_file, *key_password;
+    fa_host *hosts;
+    int nhosts;
+
+    pthread_mutex_t lock;
+    /* shared, under lock */
+    cmd *cmd_head, *cmd_tail;
+    fa_op *sub_head, *sub_tail;       /* submitted sends */
+    fa_rec *settle_head, *settle_tail;
+    int cmd_fd, cmd_wake_pending;
+    fa_event *ev_head, *ev_tail;
+    int ev_r, ev_w, ev_wake_pending;
+    uint64_t status_seq;
+    pthread_cond_t status_cond;
+    int active, ended;
+    char *reply_address;
+    fa_map calls;
+    uint64_t ids;
+
+    pthread_t thread;
+    int started;
+
+    /* I/O thread only */
+    uint64_t generation;
+    int next_host, cur_host;
+    double delay;
+    int sock, connecting, have_driver, opened, activated, closing, quit;
+    pn_connection_driver_t driver;
+    pn_session_t *session;
+    uint64_t written_total;
+    fa_map senders;
+    rlink *rlinks, *reply_link;
+    oplist justsent, written, resubmit, retry;
+    fa_op **heap;
+    size_t heap_len, heap_cap;
+    fa_sub *subs;
+    timer *timers;
+    size_t ntimers, timers_cap;
+    pn_message_t *scratch;
+    char lost_reason[300];
+    int sasl_failed;
+    uint64_t tag, link_counter;
+};
+
+/* ---- events and waking ---------------------------------------------------------- */
+
+static void post_locked(fa_io *io, fa_event *ev)
+{
+    ev->next = NULL;
+    if (io->ev_tail) io->ev_tail->next = ev; else io->ev_head = ev;
+    io->ev_tail = ev;
+    if (!io->ev_wake_pending) {
+        io->ev_wake_pending = 1;
+        ssize_t r = write(io->ev_w, "x", 1);
+        (void)r;
+    }
+}
+
+static fa_event *new_event(int kind, uint64_t generation)
+{
+    fa_event *ev = calloc(1, sizeof *ev);
+    LIVE_ADD(FA_LIVE_EVENT, 1);
+    ev->kind = kind;
+    ev->generation = generation;
+    ev->sasl_outcome = -1;
+    return ev;
+}
+
+static void post(fa_io *io, fa_event *ev)
+{
+    pthread_mutex_lock(&io->lock);
+    post_locked(io, ev);
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* Something a Python waiter may wait for changed (lock held). */
+static void changed_locked(fa_io *io, pthread_cond_t *cond, uint64_t *seq, uint64_t id)
+{
+    (*seq)++;
+    pthread_cond_broadcast(cond);
+    if (io->green) {
+        fa_event *ev = new_event(FA_EV_WAKE, 0);
+        ev->wake_id = id;
+        post_locked(io, ev);
+    }
+}
+
+static void status_changed_locked(fa_io *io)
+{
+    changed_locked(io, &io->status_cond, &io->status_seq, 0);
+}
+
+void fa_event_free(fa_event *ev)
+{
+    while (ev) {
+        fa_event *next = ev->next;
+        int i;
+        free(ev->text);
+        free(ev->cond_name);
+        free(ev->cond_desc);
+        free(ev->mech);
+        for (i = 0; i < 2 * ev->nprops; i++) free(ev->props[i]);
+        free(ev->props);
+        free(ev);
+        LIVE_ADD(FA_LIVE_EVENT, -1);
+        ev = next;
+    }
+}
+
+fa_event *fa_io_take_events(fa_io *io)
+{
+    pthread_mutex_lock(&io->lock);
+    fa_event *ev = io->ev_head;
+    io->ev_head = io->ev_tail = NULL;
+    io->ev_wake_pending = 0;
+    pthread_mutex_unlock(&io->lock);
+    return ev;
+}
+
+int fa_io_event_fd(fa_io *io) { return io->ev_r; }
+
+static void wake_io_locked(fa_io *io)
+{
+    if (!io->cmd_wake_pending) {
+        uint64_t one = 1;
+        io->cmd_wake_pending = 1;
+        ssize_t r = write(io->cmd_fd, &one, sizeof one);
+        (void)r;
+    }
+}
+
+static void push_cmd(fa_io *io, int kind, void *ptr, uint64_t generation, const char *text)
+{
+    cmd *c = calloc(1, sizeof *c);
+    c->kind = kind;
+    c->ptr = ptr;
+    c->generation = generation;
+    c->text = dup_or_null(text);
+    pthread_mutex_lock(&io->lock);
+    if (io->cmd_tail) io->cmd_tail->next = c; else io->cmd_head = c;
+    io->cmd_tail = c;
+    wake_io_locked(io);
+    pthread_mutex_unlock(&io->lock);
+}
+
+uint64_t fa_io_next_id(fa_io *io)
+{
+    return __atomic_add_fetch(&io->ids, 1, __ATOMIC_RELAXED);
+}
+
+/* ---- oplist and the deadline heap (I/O thread) ---------------------------------- */
+
+static void list_push(oplist *l, fa_op *op)
+{
+    op->list = l;
+    op->next = NULL;
+    op->prev = l->tail;
+    if (l->tail) l->tail->next = op; else l->head = op;
+    l->tail = op;
+    l->count++;
+}
+
+static void list_remove(fa_op *op)
+{
+    oplist *l = op->list;
+    if (!l) return;
+    if (op->prev) op->prev->next = op->next; else l->head = op->next;
+    if (op->next) op->next->prev = op->prev; else l->tail = op->prev;
+    op->prev = op->next = NULL;
+    op->list = NULL;
+    l->count--;
+}
+
+static fa_op *list_pop(oplist *l)
+{
+    fa_op *op = l->head;
+    if (op) list_remove(op);
+    return op;
+}
+
+static void heap_swap(fa_io *io, size_t a, size_t b)
+{
+    fa_op *t = io->heap[a];
+    io->heap[a] = io->heap[b];
+    io->heap[b] = t;
+    io->heap[a]->heap_idx = a;
+    io->heap[b]->heap_idx = b;
+}
+
+static void heap_up(fa_io *io, size_t i)
+{
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (io->heap[p]->deadline <= io->heap[i]->deadline) break;
+        heap_swap(io, i, p);
+        i = p;
+    }
+}
+
+static void heap_down(fa_io *io, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < io->heap_len && io->heap[l]->deadline < io->heap[m]->deadline) m = l;
+        if (r < io->heap_len && io->heap[r]->deadline < io->heap[m]->deadline) m = r;
+        if (m == i) break;
+        heap_swap(io, i, m);
+        i = m;
+    }
+}
+
+static void heap_add(fa_io *io, fa_op *op)
+{
+    if (op->heap_idx != SIZE_MAX) return;
+    if (io->heap_len == io->heap_cap) {
+        io->heap_cap = io->heap_cap ? io->heap_cap * 2 : 256;
+        io->heap = realloc(io->heap, io->heap_cap * sizeof(fa_op *));
+    }
+    op->heap_idx = io->heap_len;
+    io->heap[io->heap_len++] = op;
+    heap_up(io, op->heap_idx);
+}
+
+static void heap_remove(fa_io *io, fa_op *op)
+{
+    size_t i = op->heap_idx;
+    if (i == SIZE_MAX) return;
+    op->heap_idx = SIZE_MAX;
+    io->heap_len--;
+    if (i != io->heap_len) {
+        io->heap[i] = io->heap[io->heap_len];
+        io->heap[i]->heap_idx = i;
+        heap_down(io, i);
+        heap_up(io, i);
+    }
+}
+
+/* ---- ops ------------------------------------------------------------------------ */
+
+fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
+                 int presettled, double deadline, int retry)
+{
+    fa_op *op = calloc(1, sizeof *op);
+    LIVE_ADD(FA_LIVE_OP, 1);
+    op->refs = 1;
+    op->id = fa_io_next_id(io);
+    op->address = strdup(address);
+    op->payload = malloc(size ? size : 1);
+    memcpy(op->payload, payload, size);
+    op->size = size;
+    op->presettled = presettled;
+    op->deadline = deadline;
+    op->retries_left = retry < 0 ? -1 : retry;
+    op->heap_idx = SIZE_MAX;
+    init_cond(&op->cond);
+    return op;
+}
+
+void fa_op_unref(fa_op *op)
+{
+    if (__atomic_sub_fetch(&op->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    pthread_cond_destroy(&op->cond);
+    free(op->address);
+    free(op->payload);
+    free(op);
+    LIVE_ADD(FA_LIVE_OP, -1);
+}
+
+uint64_t fa_op_id(fa_op *op) { return op->id; }
+
+void fa_io_send(fa_io *io, fa_op *op)
+{
+    __atomic_add_fetch(&op->refs, 1, __ATOMIC_RELAXED);   /* the I/O thread's */
+    pthread_mutex_lock(&io->lock);
+    op->cmd_next = NULL;
+    if (io->sub_tail) io->sub_tail->cmd_next = op; else io->sub_head = op;
+    io->sub_tail = op;
+    wake_io_locked(io);
+    pthread_mutex_unlock(&io->lock);
+}
+
+uint64_t fa_op_result(fa_io *io, fa_op *op, fa_result *out)
+{
+    pthread_mutex_lock(&io->lock);
+    *out = op->res;
+    uint64_t seq = op->seq;
+    pthread_mutex_unlock(&io->lock);
+    return seq;
+}
+
+uint64_t fa_op_wait(fa_io *io, fa_op *op, uint64_t seen, double deadline)
+{
+    return wait_unlocked(&io->lock, &op->cond, &op->seq, seen, deadline);
+}
+
+static int op_finish(fa_io *io, fa_op *op, int state, int outcome, int error,
+                     const char *text)
+{
+    int done = 0;
+    pthread_mutex_lock(&io->lock);
+    if (op->res.state == FA_PENDING) {
+        op->res.state = state;
+        op->res.outcome = outcome;
+        op->res.error = error;
+        if (text) snprintf(op->res.text, sizeof op->res.text, "%s", text);
+        changed_locked(io, &op->cond, &op->seq, op->id);
+        done = 1;
+    }
+    pthread_mutex_unlock(&io->lock);
+    return done;
+}
+
+/* The caller gave up (its I/O thread looked stuck): never send it late. */
+void fa_op_abandon(fa_io *io, fa_op *op, int error, const char *text)
+{
+    op_finish(io, op, FA_FAILED, 0, error, text);
+}
+
+static int op_is_done(fa_io *io, fa_op *op)
+{
+    pthread_mutex_lock(&io->lock);
+    int done = op->res.state != FA_PENDING;
+    pthread_mutex_unlock(&io->lock);
+    return done;
+}
+
+/* The I/O thread is finished with op (it is in none of its lists). */
+static void op_release(fa_io *io, fa_op *op)
+{
+    heap_remove(io, op);
+    fa_op_unref(op);
+}
+
+static void op_fail(fa_io *io, fa_op *op, int error, const char *fmt, ...)
+{
+    char text[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    op_finish(io, op, FA_FAILED, 0, error, text);
+    list_remove(op);
+    op_release(io, op);
+}
+
+static int op_may_retry(fa_op *op)
+{
+    if (op->retries_left < 0) return 1;
+    if (op->retries_left > 0) { op->retries_left--; return 1; }
+    return 0;
+}
+
+/* ---- calls ---------------------------------------------------------------------- */
+
+fa_call *fa_call_new(fa_io *io, const char *message_id)
+{
+    fa_call *call = calloc(1, sizeof *call);
+    LIVE_ADD(FA_LIVE_CALL, 1);
+    call->refs = 2;                   /* the Python wrapper and the map */
+    call->id = fa_io_next_id(io);
+    call->key = strdup(message_id);
+    init_cond(&call->cond);
+    pthread_mutex_lock(&io->lock);
+    fa_call *old = map_put(&io->calls, message_id, call);
+    pthread_mutex_unlock(&io->lock);
+    if (old) fa_call_unref(old);
+    return call;
+}
+
+void fa_call_unref(fa_call *call)
+{
+    if (__atomic_sub_fetch(&call->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    pthread_cond_destroy(&call->cond);
+    free(call->key);
+    free(call->reply);
+    free(call);
+    LIVE_ADD(FA_LIVE_CALL, -1);
+}
+
+uint64_t fa_call_id(fa_call *call) { return call->id; }
+
+uint64_t fa_call_state(fa_io *io, fa_call *call, int *state, uint64_t *beats,
+                       int *error, char *text, size_t textlen)
+{
+    pthread_mutex_lock(&io->lock);
+    *state = call->state;
+    *beats = call->beats;
+    *error = call->error;
+    if (text && textlen) snprintf(text, textlen, "%s", call->text);
+    uint64_t seq = call->seq;
+    pthread_mutex_unlock(&io->lock);
+    return seq;
+}
+
+uint64_t fa_call_wait(fa_io *io, fa_call *call, uint64_t seen, double deadline)
+{
+    return wait_unlocked(&io->lock, &call->cond, &call->seq, seen, deadline);
+}
+
+char *fa_call_take_reply(fa_io *io, fa_call *call, size_t *size)
+{
+    pthread_mutex_lock(&io->lock);
+    char *reply = call->reply;
+    *size = call->reply_size;
+    call->reply = NULL;
+    pthread_mutex_unlock(&io->lock);
+    return reply;
+}
+
+void fa_call_cancel(fa_io *io, fa_call *call)
+{
+    fa_call *removed = NULL;
+    pthread_mutex_lock(&io->lock);
+    if (map_get(&io->calls, call->key) == call) removed = map_del(&io->calls, call->key);
+    pthread_mutex_unlock(&io->lock);
+    if (removed) fa_call_unref(removed);
+}
+
+/* lock held */
+static void call_fail_locked(fa_io *io, fa_call *call, int error, const char *text)
+{
+    if (call->state != FA_PENDING) return;
+    call->state = FA_FAILED;
+    call->error = error;
+    snprintf(call->text, sizeof call->text, "%s", text);
+    changed_locked(io, &call->cond, &call->seq, call->id);
+}
+
+typedef struct { fa_io *io; int error; const char *text; } fail_args;
+
+static void fail_call_cb(void *arg, void *value)
+{
+    fail_args *a = arg;
+    call_fail_locked(a->io, value, a->error, a->text);
+}
+
+static void fail_calls(fa_io *io, int error, const char *text)
+{
+    /* Calls stay registered until their waiters cancel them. */
+    fail_args a = { io, error, text };
+    size_t i;
+    pthread_mutex_lock(&io->lock);
+    for (i = 0; i < io->calls.nbuckets; i++) {
+        fa_entry *e;
+        for (e = io->calls.buckets[i]; e; e = e->next) fail_call_cb(&a, e->value);
+    }
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* ---- subscriptions -------------------------------------------------------------- */
+
+fa_sub *fa_sub_new(fa_io *io, int credit)
+{
+    fa_sub *sub = calloc(1, sizeof *sub);
+    LIVE_ADD(FA_LIVE_SUB, 1);
+    sub->refs = 1;
+    sub->id = fa_io_next_id(io);
+    sub->credit = credit > 0 ? credit : 1;
+    init_cond(&sub->cond);
+    return sub;
+}
+
+uint64_t fa_sub_id(fa_sub *sub) { return sub->id; }
+
+static void free_addresses(char **addresses, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) free(addresses[i]);
+    free(addresses);
+}
+
+void fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n)
+{
+    char **copy = calloc(n ? n : 1, sizeof(char *));
+    int i;
+    for (i = 0; i < n; i++) copy[i] = strdup(addresses[i]);
+    pthread_mutex_lock(&io->lock);
+    char **old = sub->addresses;
+    int oldn = sub->naddresses;
+    sub->addresses = copy;
+    sub->naddresses = n;
+    pthread_mutex_unlock(&io->lock);
+    free_addresses(old, oldn);
+}
+
+void fa_rec_free(fa_rec *rec)   /* one block with its strings */
+{
+    free(rec);
+    LIVE_ADD(FA_LIVE_REC, -1);
+}
+
+void fa_sub_unref(fa_sub *sub)
+{
+    if (__atomic_sub_fetch(&sub->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    fa_rec *rec = sub->head;
+    while (rec) { fa_rec *next = rec->next; fa_rec_free(rec); rec = next; }
+    free_addresses(sub->addresses, sub->naddresses);
+    pthread_cond_destroy(&sub->cond);
+    free(sub);
+    LIVE_ADD(FA_LIVE_SUB, -1);
+}
+
+void fa_io_subscribe(fa_io *io, fa_sub *sub)
+{
+    __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
+    push_cmd(io, CMD_SUBSCRIBE, sub, 0, NULL);
+}
+
+void fa_io_unsubscribe(fa_io *io, fa_sub *sub)
+{
+    fa_sub_stop(io, sub);
+    pthread_mutex_lock(&io->lock);
+    int first = !sub->closed;
+    sub->closed = 1;
+    pthread_mutex_unlock(&io->lock);
+    if (first) {
+        __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
+        push_cmd(io, CMD_UNSUBSCRIBE, sub, 0, NULL);
+    }
+}
+
+int fa_sub_take(fa_io *io, fa_sub *sub, fa_rec **out, int max, uint64_t *seq,
+                int *stopped)
+{
+    int n = 0;
+    pthread_mutex_lock(&io->lock);
+    while (sub->head && n < max) {
+        fa_rec *rec = sub->head;
+        sub->head = rec->next;
+        if (!sub->head) sub->tail = NULL;
+        rec->next = NULL;
+        out[n++] = rec;
+    }
+    *seq = sub->seq;
+    *stopped = sub->stopped;
+    pthread_mutex_unlock(&io->lock);
+    return n;
+}
+
+uint64_t fa_sub_wait(fa_io *io, fa_sub *sub, uint64_t seen, double deadline)
+{
+    return wait_unlocked(&io->lock, &sub->cond, &sub->seq, seen, deadline);
+}
+
+void fa_sub_stop(fa_io *io, fa_sub *sub)
+{
+    pthread_mutex_lock(&io->lock);
+    if (!sub->stopped) {
+        sub->stopped = 1;
+        changed_locked(io, &sub->cond, &sub->seq, sub->id);
+    }
+    pthread_mutex_unlock(&io->lock);
+}
+
+const char *fa_rec_payload(fa_rec *rec, size_t *size)
+{
+    *size = rec->size;
+    return rec->payload;
+}
+
+const char *fa_rec_address(fa_rec *rec) { return rec->address; }
+
+void fa_io_settle(fa_io *io, fa_rec *rec, int outcome)
+{
+    rec->outcome = outcome;
+    rec->next = NULL;
+    pthread_mutex_lock(&io->lock);
+    if (io->settle_tail) io->settle_tail->next = rec; else io->settle_head = rec;
+    io->settle_tail = rec;
+    wake_io_locked(io);
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* ---- engine lifecycle (Python threads) ------------------------------------------ */
+
+fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
+{
+    int i, pipefd[2];
+    if (cfg->nhosts <= 0) {
+        snprintf(err, errlen, "no host to connect to");
+        return NULL;
+    }
+    fa_io *io = calloc(1, sizeof *io);
+    LIVE_ADD(FA_LIVE_ENGINE, 1);
+    io->container_id = strdup(cfg->container_id ? cfg->container_id : "fastamqp");
+    io->vhost = dup_or_null(cfg->vhost);
+    io->nproperties = cfg->nproperties;
+    io->properties = calloc(2 * cfg->nproperties + 1, sizeof(char *));
+    for (i = 0; i < 2 * cfg->nproperties; i++) io->properties[i] = strdup(cfg->properties[i]);
+    io->idle_timeout = cfg->idle_timeout;
+    io->retry_interval = cfg->retry_interval;
+    io->retry_backoff = cfg->retry_backoff;
+    io->retry_max = cfg->retry_interval_max;
+    io->link_retry_delay = cfg->link_retry_delay;
+    io->sender_timeout = cfg->sender_link_timeout;
+    io->reply_credit = cfg->reply_credit > 0 ? cfg->reply_credit : 1;
+    io->trace = cfg->trace;
+    io->tls = cfg->tls;
+    io->green = cfg->green;
+    io->sasl_dir = dup_or_null(cfg->sasl_config_dir);
+    io->sasl_name = dup_or_null(cfg->sasl_config_name);
+    io->ca_file = dup_or_null(cfg->ca_file);
+    io->cert_file = dup_or_null(cfg->cert_file);
+    io->key_file = dup_or_null(cfg->key_file);
+    io->key_password = dup_or_null(cfg->key_password);
+    io->nhosts = cfg->nhosts;
+    io->hosts = calloc(cfg->nhosts, sizeof(fa_host));
+    for (i = 0; i < cfg->nhosts; i++) {
+        const fa_host *h = &cfg->hosts[i];
+        io->hosts[i].hostname = strdup(h->hostname);
+        io->hosts[i].port = h->port;
+        io->hosts[i].user = dup_or_null(h->user);
+        io->hosts[i].password = dup_or_null(h->password);
+        io->hosts[i].mechs = dup_or_null(h->mechs);
+        io->hosts[i].peer_name = dup_or_null(h->peer_name);
+    }
+    pthread_mutex_init(&io->lock, NULL);
+    init_cond(&io->status_cond);
+    map_init(&io->calls);
+    map_init(&io->senders);
+    io->sock = -1;
+    io->delay = io->retry_interval;
+    io->cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (io->cmd_fd < 0 || pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        snprintf(err, errlen, "cannot create the engine's wake-up descriptors: %s",
+                 strerror(errno));
+        if (io->cmd_fd >= 0) close(io->cmd_fd);
+        io->cmd_fd = io->ev_r = io->ev_w = -1;
+        fa_io_free(io);
+        return NULL;
+    }
+    io->ev_r = pipefd[0];
+    io->ev_w = pipefd[1];
+    io->scratch = pn_message();
+    return io;
+}
+
+static void *io_main(void *arg);
+
+int fa_io_start(fa_io *io)
+{
+    int rc = pthread_create(&io->thread, NULL, io_main, io);
+    if (rc == 0) io->started = 1;
+    return rc;
+}
+
+void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address)
+{
+    push_cmd(io, CMD_ACTIVATE, NULL, generation, reply_address);
+}
+
+void fa_io_close(fa_io *io)
+{
+    push_cmd(io, CMD_CLOSE, NULL, 0, NULL);
+}
+
+int fa_io_join(fa_io *io, double timeout)
+{
+    if (!io->started) return 0;
+    pthread_mutex_lock(&io->lock);
+    double deadline = fa_monotonic() + timeout;
+    while (!io->ended && fa_monotonic() < deadline)
+        wait_seq(&io->lock, &io->status_cond, &io->status_seq, io->status_seq, deadline);
+    int ended = io->ended;
+    pthread_mutex_unlock(&io->lock);
+    if (!ended) return -1;
+    pthread_join(io->thread, NULL);
+    io->started = 0;
+    return 0;
+}
+
+int fa_io_active(fa_io *io)
+{
+    pthread_mutex_lock(&io->lock);
+    int active = io->active;
+    pthread_mutex_unlock(&io->lock);
+    return active;
+}
+
+uint64_t fa_io_status(fa_io *io, char **reply_address)
+{
+    pthread_mutex_lock(&io->lock);
+    uint64_t seq = io->status_seq;
+    if (reply_address) *reply_address = dup_or_null(io->reply_address);
+    pthread_mutex_unlock(&io->lock);
+    return seq;
+}
+
+uint64_t fa_io_wait_status(fa_io *io, uint64_t seen, double deadline)
+{
+    return wait_unlocked(&io->lock, &io->status_cond, &io->status_seq, seen, deadline);
+}
+
+static void free_call_cb(void *arg, void *value) { (void)arg; fa_call_unref(value); }
+
+void fa_io_free(fa_io *io)
+{
+    int i;
+    if (!io) return;
+    fa_event_free(io->ev_head);
+    map_drain(&io->calls, free_call_cb, NULL);
+    free(io->calls.buckets);
+    free(io->senders.buckets);
+    cmd *c = io->cmd_head;
+    while (c) { cmd *n = c->next; free(c->text); free(c); c = n; }
+    for (i = 0; i < 2 * io->nproperties; i++) free(io->properties[i]);
+    free(io->properties);
+    for (i = 0; i < io->nhosts; i++) {
+        free((char *)io->hosts[i].hostname);
+        free((char *)io->hosts[i].user);
+        free((char *)io->hosts[i].password);
+        free((char *)io->hosts[i].mechs);
+        free((char *)io->hosts[i].peer_name);
+    }
+    free(io->hosts);
+    free(io->container_id); free(io->vhost); free(io->sasl_dir); free(io->sasl_name);
+    free(io->ca_file); free(io->cert_file); free(io->key_file); free(io->key_password);
+    free(io->reply_address);
+    free(io->heap);
+    free(io->timers);
+    if (io->scratch) pn_message_free(io->scratch);
+    if (io->cmd_fd >= 0) close(io->cmd_fd);
+    if (io->ev_r >= 0) close(io->ev_r);
+    if (io->ev_w >= 0) close(io->ev_w);
+    pthread_cond_destroy(&io->status_cond);
+    pthread_mutex_destroy(&io->lock);
+    free(io);
+    LIVE_ADD(FA_LIVE_ENGINE, -1);
+}
+
+/* ---- timers (I/O thread) --------------------------------------------------------- */
+
+static void add_timer(fa_io *io, double delay, int kind, fa_sub *sub, const char *address)
+{
+    if (io->ntimers == io->timers_cap) {
+        io->timers_cap = io->timers_cap ? io->timers_cap * 2 : 16;
+        io->timers = realloc(io->timers, io->timers_cap * sizeof(timer));
+    }
+    timer *t = &io->timers[io->ntimers++];
+    t->when = fa_monotonic() + delay;
+    t->kind = kind;
+    t->generation = io->generation;
+    t->sub = sub;
+    t->address = dup_or_null(address);
+    if (sub) __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
+}
+
+static void drop_timers(fa_io *io, int kind)
+{
+    size_t i = 0;
+    while (i < io->ntimers) {
+        if (io->timers[i].kind == kind) {
+            if (io->timers[i].sub) fa_sub_unref(io->timers[i].sub);
+            free(io->timers[i].address);
+            io->timers[i] = io->timers[--io->ntimers];
+        } else {
+            i++;
+        }
+    }
+}
+
+/* ---- the connection (I/O thread) -------------------------------------------------- */
+
+static void connect_next(fa_io *io);
+static void connection_lost(fa_io *io, const char *fmt, ...);
+static void submit(fa_io *io, fa_op *op);
+
+static void schedule_reconnect(fa_io *io)
+{
+    if (io->closing) return;
+    double delay = io->delay > 0.01 ? io->delay : 0.01;
+    /* Multiplied, as the original driver did (its help text said "added"). */
+    io->delay = io->delay * io->retry_backoff;
+    if (io->delay > io->retry_max) io->delay = io->retry_max;
+    drop_timers(io, T_RECONNECT);
+    add_timer(io, delay, T_RECONNECT, NULL, NULL);
+}
+
+static void put_properties(fa_io *io, pn_connection_t *c)
+{
+    int i;
+    if (!io->nproperties) return;
+    pn_data_t *d = pn_connection_properties(c);
+    pn_data_put_map(d);
+    pn_data_enter(d);
+    for (i = 0; i < io->nproperties; i++) {
+        const char *k = io->properties[2 * i], *v = io->properties[2 * i + 1];
+        pn_data_put_symbol(d, pn_bytes(strlen(k), k));
+        pn_data_put_string(d, pn_bytes(strlen(v), v));
+    }
+    pn_data_exit(d);
+}
+
+static int setup_tls(fa_io *io, pn_transport_t *t, const fa_host *h)
+{
+    pn_ssl_domain_t *domain = pn_ssl_domain(PN_SSL_MODE_CLIENT);
+    int rc = domain ? 0 : -1;
+    if (!rc && io->ca_file) rc = pn_ssl_domain_set_trusted_ca_db(domain, io->ca_file);
+    if (!rc)
+        rc = pn_ssl_domain_set_peer_authentication(domain, PN_SSL_VERIFY_PEER_NAME, NULL);
+    if (!rc && io->cert_file)
+        rc = pn_ssl_domain_set_credentials(domain, io->cert_file,
+                                           io->key_file ? io->key_file : io->cert_file,
+                                           io->key_password);
+    if (!rc) {
+        pn_ssl_t *ssl = pn_ssl(t);
+        rc = pn_ssl_init(ssl, domain, NULL);
+        if (!rc) rc = pn_ssl_set_peer_hostname(ssl, h->peer_name ? h->peer_name
+                                                                 : h->hostname);
+    }
+    if (domain) pn_ssl_domain_free(domain);   /* the transport keeps its reference */
+    return rc;
+}
+
+static void connect_next(fa_io *io)
+{
+    if (io->closing) return;
+    int index = io->next_host++ % io->nhosts;
+    const fa_host *h = &io->hosts[index];
+    char port[16];
+    struct addrinfo hints, *res = NULL;
+    int fd = -1, rc;
+
+    io->generation++;
+    io->cur_host = index;
+    io->sasl_failed = 0;
+    io->lost_reason[0] = 0;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(port, sizeof port, "%d", h->port);
+    rc = getaddrinfo(h->hostname, port, &hints, &res);
+    if (rc == 0) {
+        fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    res->ai_protocol);
+        if (fd >= 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
+                int e = errno;
+                close(fd);
+                fd = -1;
+                errno = e;
+            }
+        }
+    }
+    if (fd < 0) {
+        fa_event *ev = new_event(FA_EV_LOST, io->generation);
+        char text[300];
+        ev->host = index;
+        snprintf(text, sizeof text, "cannot connect to %s:%d: %s", h->hostname, h->port,
+                 rc ? gai_strerror(rc) : strerror(errno));
+        ev->text = strdup(text);
+        if (res) freeaddrinfo(res);
+        post(io, ev);
+        schedule_reconnect(io);
+        return;
+    }
+    freeaddrinfo(res);
+
+    pn_connection_t *c = pn_connection();
+    pn_transport_t *t = pn_transport();
+    pn_connection_set_container(c, io->container_id);
+    if (io->vhost) pn_connection_set_hostname(c, io->vhost);
+    put_properties(io, c);
+    if (h->user) {
+        pn_connection_set_user(c, h->user);
+        pn_connection_set_password(c, h->password ? h->password : "");
+    }
+    if (io->idle_timeout > 0)
+        pn_transport_set_idle_timeout(t, (pn_millis_t)(io->idle_timeout * 1000));
+    pn_sasl_t *sasl = pn_sasl(t);
+    pn_sasl_set_allow_insecure_mechs(sasl, true);
+    if (h->mechs) pn_sasl_allowed_mechs(sasl, h->mechs);
+    if (io->sasl_dir) pn_sasl_config_path(sasl, io->sasl_dir);
+    if (io->sasl_name) pn_sasl_config_name(sasl, io->sasl_name);
+    if (io->tls && setup_tls(io, t, h) != 0) {
+        fa_event *ev = new_event(FA_EV_CONFIG_FAILED, io->generation);
+        ev->host = index;
+        ev->text = strdup("TLS configuration error");
+        close(fd);
+        pn_transport_free(t);
+        pn_connection_free(c);
+        post(io, ev);
+        schedule_reconnect(io);
+        return;
+    }
+    if (io->trace && !h->password) pn_transport_trace(t, PN_TRACE_FRM);
+    pn_connection_driver_init(&io->driver, c, t);
+    io->have_driver = 1;
+    io->sock = fd;
+    io->connecting = 1;
+    io->opened = io->activated = 0;
+    io->written_total = 0;
+    pn_connection_open(c);
+    io->session = pn_session(c);
+    pn_session_open(io->session);
+    drop_timers(io, T_CONNECT_TIMEOUT);
+    add_timer(io, CONNECT_TIMEOUT, T_CONNECT_TIMEOUT, NULL, NULL);
+}
+
+static void free_sender_cb(void *arg, void *value)
+{
+    fa_io *io = arg;
+    sender *s = value;
+    fa_op *op;
+    /* Sends whose outcome is unknown go again on the next connection, while their
+     * budget and deadline allow (REFERENCE §3.9 #8). */
+    while ((op = list_pop(&s->inflight)) || (op = list_pop(&s->waiting))) {
+        op->delivery = NULL;
+        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        if (op_may_retry(op)) list_push(&io->resubmit, op);
+        else op_fail(io, op, FA_ERR_SEND_FAILURE,
+                     "connection lost before the peer settled the message to %s, and "
+                     "its retries are spent", op->address);
+    }
+    free(s->address);
+    free(s);
+}
+
+static void requeue_written(fa_io *io, oplist *l)
+{
+    fa_op *op;
+    while ((op = list_pop(l))) {
+        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        if (op_may_retry(op)) list_push(&io->resubmit, op);
+        else op_fail(io, op, FA_ERR_SEND_FAILURE,
+                     "connection lost while writing the message to %s", op->address);
+    }
+}
+
+static void teardown(fa_io *io)
+{
+    rlink *r = io->rlinks;
+    while (r) { rlink *n = r->next; free(r->address); free(r); r = n; }
+    io->rlinks = io->reply_link = NULL;
+    if (io->have_driver) {
+        pn_connection_driver_destroy(&io->driver);
+        io->have_driver = 0;
+    }
+    io->session = NULL;
+    if (io->sock >= 0) { close(io->sock); io->sock = -1; }
+    io->connecting = 0;
+}
+
+static void connection_lost(fa_io *io, const char *fmt, ...)
+{
+    char reason[300];
+    va_list ap;
+    if (!io->have_driver) return;
+    va_start(ap, fmt);
+    vsnprintf(reason, sizeof reason, fmt, ap);
+    va_end(ap);
+
+    fa_event *ev = new_event(FA_EV_LOST, io->generation);
+    ev->host = io->cur_host;
+    pn_transport_t *t = io->driver.transport;
+    pn_connection_t *c = io->driver.connection;
+    pn_condition_t *cond = pn_connection_remote_condition(c);
+    ev->remote_closed = (pn_connection_state(c) & PN_REMOTE_CLOSED) != 0;
+    if (!(ev->remote_closed && pn_condition_is_set(cond))) cond = pn_transport_condition(t);
+    if (pn_condition_is_set(cond)) {
+        ev->cond_name = dup_or_null(pn_condition_get_name(cond));
+        ev->cond_desc = dup_or_null(pn_condition_get_description(cond));
+    }
+    pn_sasl_t *sasl = pn_sasl(t);
+    ev->sasl_outcome = (int)pn_sasl_outcome(sasl);
+    ev->mech = dup_or_null(pn_sasl_get_mech(sasl));
+    if (ev->cond_name)
+        snprintf(io->lost_reason, sizeof io->lost_reason, "%s: %s: %s", reason,
+                 ev->cond_name, ev->cond_desc ? ev->cond_desc : "");
+    else
+        snprintf(io->lost_reason, sizeof io->lost_reason, "%s", reason);
+    ev->text = strdup(io->lost_reason);
+
+    pthread_mutex_lock(&io->lock);
+    io->active = 0;
+    free(io->reply_address);
+    io->reply_address = NULL;
+    status_changed_locked(io);
+    post_locked(io, ev);
+    pthread_mutex_unlock(&io->lock);
+
+    /* Calls in flight lose their reply route with the reply link. */
+    char text[340];
+    snprintf(text, sizeof text, "connection lost: %s", io->lost_reason);
+    fail_calls(io, FA_ERR_LOST, text);
+    map_drain(&io->senders, free_sender_cb, io);
+    requeue_written(io, &io->justsent);
+    requeue_written(io, &io->written);
+    drop_timers(io, T_CONNECT_TIMEOUT);
+    drop_timers(io, T_REATTACH);
+    teardown(io);
+    if (io->closing) { io->quit = 1; return; }
+    schedule_reconnect(io);
+}
+
+/* ---- links (I/O thread) ----------------------------------------------------------- */
+
+static pn_link_t *new_link(fa_io *io, int is_sender, const char *address, int dynamic,
+                           const char *label)
+{
+    char name[512];
+    snprintf(name, sizeof name, "fastamqp/%s/[%s]/%llu", is_sender ? "sender" : "receiver",
+             label, (unsigned long long)++io->link_counter);
+    pn_link_t *l = is_sender ? pn_sender(io->session, name) : pn_receiver(io->session, name);
+    pn_terminus_t *src = pn_link_source(l), *tgt = pn_link_target(l);
+    if (dynamic) {
+        pn_terminus_set_dynamic(src, true);
+        /* RabbitMQ 4.1+ makes a temporary queue only for a dynamic source with this
+         * capability; qdrouterd and qpidd ignore capabilities they do not know. */
+        pn_data_put_symbol(pn_terminus_capabilities(src),
+                           pn_bytes(strlen(TEMPORARY_QUEUE), TEMPORARY_QUEUE));
+        pn_terminus_set_address(tgt, label);
+    } else {
+        pn_terminus_set_address(src, address);
+        pn_terminus_set_address(tgt, address);
+    }
+    return l;
+}
+
+static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *address, int credit,
+                              int dynamic)
+{
+    rlink *r = calloc(1, sizeof *r);
+    r->sub = sub;
+    r->address = strdup(address ? address : "rpc-response");
+    r->credit = credit;
+    r->link = new_link(io, 0, address, dynamic, dynamic ? "rpc-response" : address);
+    pn_link_set_context(r->link, r);
+    pn_link_open(r->link);
+    pn_link_flow(r->link, credit);
+    r->next = io->rlinks;
+    io->rlinks = r;
+    return r;
+}
+
+static void attach_sub(fa_io *io, fa_sub *sub)
+{
+    int i;
+    pthread_mutex_lock(&io->lock);
+    int n = sub->naddresses, closed = sub->closed;
+    char **addresses = calloc(n ? n : 1, sizeof(char *));
+    for (i = 0; i < n; i++) addresses[i] = strdup(sub->addresses[i]);
+    pthread_mutex_unlock(&io->lock);
+    for (i = 0; i < n && !closed; i++) attach_receiver(io, sub, addresses[i], sub->credit, 0);
+    free_addresses(addresses, n);
+}
+
+static sender *get_sender(fa_io *io, const char *address)
+{
+    sender *s = map_get(&io->senders, address);
+    if (s) return s;
+    s = calloc(1, sizeof *s);
+    s->address = strdup(address);
+    s->last_used = fa_monotonic();
+    map_put(&io->senders, address, s);
+    s->link = new_link(io, 1, address, 0, address);
+    pn_link_set_context(s->link, s);
+    pn_link_open(s->link);
+    return s;
+}
+
+static void transmit(fa_io *io, sender *s, fa_op *op)
+{
+    uint64_t tag = ++io->tag;
+    pn_delivery_t *d = pn_delivery(s->link, pn_dtag((const char *)&tag, sizeof tag));
+    pn_link_send(s->link, op->payload, op->size);
+    pn_link_advance(s->link);
+    if (op->presettled) {
+        /* Complete after the socket write that carries it: see flush_output. */
+        pn_delivery_settle(d);
+        list_push(&io->justsent, op);
+    } else {
+        op->delivery = d;
+        pn_delivery_set_context(d, op);
+        list_push(&s->inflight, op);
+    }
+}
+
+static void drain_waiting(fa_io *io, sender *s)
+{
+    fa_op *op;
+    while (s->active && pn_link_credit(s->link) > 0 && (op = list_pop(&s->waiting))) {
+        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        transmit(io, s, op);
+    }
+}
+
+static void submit(fa_io *io, fa_op *op)
+{
+    if (io->closing) {
+        op_fail(io, op, FA_ERR_CLOSED, "the connection is closing");
+        return;
+    }
+    if (op_is_done(io, op)) { op_release(io, op); return; }
+    heap_add(io, op);
+    if (!io->activated) { list_push(&io->resubmit, op); return; }
+    sender *s = get_sender(io, op->address);
+    s->last_used = fa_monotonic();
+    if (s->active && pn_link_credit(s->link) > 0 && !s->waiting.head) transmit(io, s, op);
+    else list_push(&s->waiting, op);
+}
+
+static void sender_lost(fa_io *io, sender *s, const char *why)
+{
+    fa_op *op;
+    map_del(&io->senders, s->address);
+    pn_link_set_context(s->link, NULL);
+    pn_link_close(s->link);
+    while ((op = list_pop(&s->inflight)) || (op = list_pop(&s->waiting))) {
+        if (op->delivery) { pn_delivery_set_context(op->delivery, NULL); op->delivery = NULL; }
+        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        if (op_may_retry(op)) {
+            op->retry_at = fa_monotonic() + io->link_retry_delay;
+            list_push(&io->retry, op);
+        } else {
+            op_fail(io, op, FA_ERR_SEND_FAILURE, "the peer detached the link to %s: %s",
+                    s->address, why);
+        }
+    }
+    free(s->address);
+    free(s);
+}
+
+static void receiver_lost(fa_io *io, rlink *r)
+{
+    r->closed = 1;
+    pn_link_close(r->link);
+    if (!r->sub) {
+        /* The reply address is gone with the link: start afresh, as the pure engine. */
+        pn_connection_driver_close(&io->driver);
+        connection_lost(io, "reply link detached by the peer");
+        return;
+    }
+    pthread_mutex_lock(&io->lock);
+    int closed = r->sub->closed;
+    pthread_mutex_unlock(&io->lock);
+    if (!closed) add_timer(io, io->link_retry_delay, T_REATTACH, r->sub, r->address);
+}
+
+static void describe_condition(pn_condition_t *cond, char *out, size_t len)
+{
+    if (cond && pn_condition_is_set(cond))
+        snprintf(out, len, "%s: %s", pn_condition_get_name(cond),
+                 pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
+    else
+        snprintf(out, len, "no condition");
+}
+
+/* ---- incoming messages ------------------------------------------------------------ */
+
+static void refill(rlink *r)
+{
+    int credit = pn_link_credit(r->link);
+    if (credit <= (r->credit + 1) / 2) pn_link_flow(r->link, r->credit - credit);
+}
+
+static char *read_delivery(pn_link_t *l, pn_delivery_t *d, size_t *size, size_t head)
+{
+    /* head: bytes to reserve in front (the record). */
+    size_t cap = pn_delivery_pending(d), len = 0;
+    char *buf = malloc(head + cap + 1);
+    for (;;) {
+        ssize_t n = pn_link_recv(l, buf + head + len, cap - len);
+        if (n == PN_EOS || n < 0) break;
+        len += (size_t)n;
+        if (len == cap) {
+            size_t more = pn_delivery_pending(d);
+            if (!more) break;
+            cap += more;
+            buf = realloc(buf, head + cap + 1);
+        }
+    }
+    *size = len;
+    return buf;
+}
+
+static void on_reply(fa_io *io, rlink *r, pn_delivery_t *d)
+{
+    size_t size;
+    char *payload = read_delivery(r->link, d, &size, 0);
+    pn_link_advance(r->link);
+    pn_message_t *m = io->scratch;
+    pn_message_clear(m);
+    int outcome = PN_MODIFIED;
+    if (pn_message_decode(m, payload, size) == 0) {
+        pn_msgid_t cid = pn_message_get_correlation_id(m);
+        char key[512];
+        key[0] = 0;
+        if ((cid.type == PN_STRING || cid.type == PN_SYMBOL) &&
+            cid.u.as_bytes.size < sizeof key) {
+            memcpy(key, cid.u.as_bytes.start, cid.u.as_bytes.size);
+            key[cid.u.as_bytes.size] = 0;
+        }
+        pn_data_t *body = pn_message_body(m);
+        pn_data_rewind(body);
+        /* No body, a null value, or (RabbitMQ 3.x adds one to body-less messages)
+         * an empty data section: a heartbeat. */
+        int heartbeat = !pn_data_next(body) || pn_data_type(body) == PN_NULL ||
+                        (pn_data_type(body) == PN_BINARY && pn_data_get_binary(body).size == 0);
+        pthread_mutex_lock(&io->lock);
+        fa_call *call = key[0] ? map_get(&io->calls, key) : NULL;
+        if (call && call->state == FA_PENDING) {
+            if (heartbeat) {
+                call->beats++;
+            } else {
+                call->reply = payload;
+                call->reply_size = size;
+                call->state = FA_DONE;
+                payload = NULL;
+            }
+            changed_locked(io, &call->cond, &call->seq, call->id);
+            outcome = PN_ACCEPTED;
+        }
+        pthread_mutex_unlock(&io->lock);
+    }
+    free(payload);
+    if (outcome == PN_MODIFIED) {
+        /* A late reply (its caller gave up) or one for another client: tell the peer
+         * not to redeliver it here (REFERENCE §3.4). */
+        pn_disposition_t *local = pn_delivery_local(d);
+        pn_disposition_set_failed(local, true);
+        pn_disposition_set_undeliverable(local, true);
+    }
+    pn_delivery_update(d, outcome);
+    pn_delivery_settle(d);
+    refill(r);
+}
+
+static void on_message(fa_io *io, rlink *r, pn_delivery_t *d)
+{
+    size_t alen = strlen(r->address), size;
+    size_t head = sizeof(fa_rec) + alen + 1;
+    char *block = read_delivery(r->link, d, &size, head);
+    pn_link_advance(r->link);
+    fa_rec *rec = (fa_rec *)block;
+    LIVE_ADD(FA_LIVE_REC, 1);
+    memset(rec, 0, sizeof *rec);
+    rec->address = block + sizeof(fa_rec);
+    memcpy(rec->address, r->address, alen + 1);
+    rec->payload = block + head;
+    rec->size = size;
+    rec->delivery = d;
+    rec->generation = io->generation;
+    rec->rlink = r;
+    fa_sub *sub = r->sub;
+    pthread_mutex_lock(&io->lock);
+    if (sub->tail) sub->tail->next = rec; else sub->head = rec;
+    sub->tail = rec;
+    changed_locked(io, &sub->cond, &sub->seq, sub->id);
+    pthread_mutex_unlock(&io->lock);
+}
+
+static void settle_rec(fa_io *io, fa_rec *rec)
+{
+    if (rec->generation == io->generation && io->have_driver && !rec->rlink->closed) {
+        pn_delivery_t *d = rec->delivery;
+        switch (rec->outcome) {
+        case FA_ACCEPTED: pn_delivery_update(d, PN_ACCEPTED); break;
+        case FA_RELEASED: pn_delivery_update(d, PN_RELEASED); break;
+        case FA_REJECTED: pn_delivery_update(d, PN_REJECTED); break;
+        default:
+            pn_disposition_set_failed(pn_delivery_local(d), true);
+            pn_delivery_update(d, PN_MODIFIED);
+        }
+        pn_delivery_settle(d);
+        /* Credit comes back only as messages are settled: unacknowledged messages
+         * are the back-pressure (REFERENCE §3.6). */
+        refill(rec->rlink);
+    }
+    /* else: its connection is gone; the peer has already released it */
+    fa_rec_free(rec);
+}
+
+static void on_outcome(fa_io *io, pn_delivery_t *d)
+{
+    fa_op *op = pn_delivery_get_context(d);
+    uint64_t state = pn_delivery_remote_state(d);
+    int outcome;
+    switch (state) {
+    case PN_ACCEPTED: outcome = FA_ACCEPTED; break;
+    case PN_RELEASED: outcome = FA_RELEASED; break;
+    case PN_MODIFIED: outcome = FA_MODIFIED; break;
+    case PN_REJECTED: outcome = FA_REJECTED; break;
+    default: return;                  /* not terminal yet */
+    }
+    if (op) {
+        pn_disposition_t *remote = pn_delivery_remote(d);
+        pn_condition_t *cond = pn_disposition_condition(remote);
+        pthread_mutex_lock(&io->lock);
+        if (op->res.state == FA_PENDING) {
+            op->res.state = FA_DONE;
+            op->res.outcome = outcome;
+            if (outcome == FA_MODIFIED) {
+                op->res.delivery_failed = pn_disposition_is_failed(remote);
+                op->res.undeliverable_here = pn_disposition_is_undeliverable(remote);
+            }
+            if (outcome == FA_REJECTED && cond && pn_condition_is_set(cond))
+                snprintf(op->res.text, sizeof op->res.text, "%s\n%s",
+                         pn_condition_get_name(cond),
+                         pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
+            changed_locked(io, &op->cond, &op->seq, op->id);
+        }
+        pthread_mutex_unlock(&io->lock);
+        pn_delivery_set_context(d, NULL);
+        op->delivery = NULL;
+        list_remove(op);
+        op_release(io, op);
+    }
+    pn_delivery_settle(d);
+}
+
+/* ---- Proton events -------------------------------------------------------------- */
+
+static void on_remote_open(fa_io *io, pn_connection_t *c)
+{
+    if (pn_connection_state(c) & PN_REMOTE_CLOSED) return;   /* Open + Close(error) */
+    io->opened = 1;
+    io->delay = io->retry_interval;
+    drop_timers(io, T_CONNECT_TIMEOUT);
+    if (io->trace && io->hosts[io->cur_host].password)
+        pn_transport_trace(io->driver.transport, PN_TRACE_FRM);   /* after SASL */
+    fa_event *ev = new_event(FA_EV_OPENED, io->generation);
+    ev->host = io->cur_host;
+    ev->text = dup_or_null(pn_connection_remote_container(c));
+    pn_data_t *p = pn_connection_remote_properties(c);
+    pn_data_rewind(p);
+    if (pn_data_next(p) && pn_data_type(p) == PN_MAP) {
+        size_t n = pn_data_get_map(p) / 2, k = 0;
+        ev->props = calloc(2 * n + 1, sizeof(char *));
+        pn_data_enter(p);
+        while (pn_data_next(p)) {
+            pn_type_t kt = pn_data_type(p);
+            pn_bytes_t key = (kt == PN_SYMBOL) ? pn_data_get_symbol(p)
+                             : (kt == PN_STRING) ? pn_data_get_string(p) : pn_bytes(0, NULL);
+            if (!pn_data_next(p)) break;
+            pn_type_t vt = pn_data_type(p);
+            if (key.start && (vt == PN_STRING || vt == PN_SYMBOL) && k < n) {
+                pn_bytes_t v = vt == PN_STRING ? pn_data_get_string(p) : pn_data_get_symbol(p);
+                ev->props[2 * k] = strndup(key.start, key.size);
+                ev->props[2 * k + 1] = strndup(v.start, v.size);
+                k++;
+            }
+        }
+        pn_data_exit(p);
+        ev->nprops = (int)k;
+    }
+    post(io, ev);
+}
+
+static void activate(fa_io *io, uint64_t generation, const char *reply_address)
+{
+    fa_sub *sub;
+    fa_op *op;
+    if (generation != io->generation || !io->opened || io->activated || io->closing) return;
+    io->activated = 1;
+    io->reply_link = attach_receiver(io, NULL, reply_address, io->reply_credit,
+                                     reply_address == NULL);
+    for (sub = io->subs; sub; sub = sub->io_next) attach_sub(io, sub);
+    pthread_mutex_lock(&io->lock);
+    io->active = 1;
+    status_changed_locked(io);
+    post_locked(io, new_event(FA_EV_ACTIVE, io->generation));
+    pthread_mutex_unlock(&io->lock);
+    oplist again = io->resubmit;
+    memset(&io->resubmit, 0, sizeof io->resubmit);
+    for (op = again.head; op; op = op->next) op->list = &again;
+    while ((op = list_pop(&again))) submit(io, op);
+}
+
+static void on_link_remote_open(fa_io *io, pn_link_t *l)
+{
+    void *ctx = pn_link_get_context(l);
+    if (!ctx) return;
+    if (pn_link_is_sender(l)) {
+        sender *s = ctx;
+        s->active = 1;
+        drain_waiting(io, s);
+    } else if ((rlink *)ctx == io->reply_link) {
+        const char *address = pn_terminus_get_address(pn_link_remote_source(l));
+        if (!address) return;          /* refused: a detach follows */
+        pthread_mutex_lock(&io->lock);
+        free(io->reply_address);
+        io->reply_address = strdup(address);
+        status_changed_locked(io);
+        fa_event *ev = new_event(FA_EV_REPLY_READY, io->generation);
+        ev->text = strdup(address);
+        post_locked(io, ev);
+        pthread_mutex_unlock(&io->lock);
+    }
+}
+
+static void on_link_remote_close(fa_io *io, pn_link_t *l)
+{
+    void *ctx = pn_link_get_context(l);
+    char why[300];
+    if (!ctx) { pn_link_close(l); return; }
+    describe_condition(pn_link_remote_condition(l), why, sizeof why);
+    pn_link_set_context(l, NULL);
+    if (pn_link_is_sender(l)) sender_lost(io, ctx, why);
+    else receiver_lost(io, ctx);
+}
+
+static void handle(fa_io *io, pn_event_t *e)
+{
+    pn_link_t *l;
+    pn_delivery_t *d;
+    switch (pn_event_type(e)) {
+    case PN_CONNECTION_REMOTE_OPEN:
+        on_remote_open(io, pn_event_connection(e));
+        break;
+    case PN_CONNECTION_REMOTE_CLOSE:
+        pn_connection_close(pn_event_connection(e));
+        break;
+    case PN_LINK_REMOTE_OPEN:
+        on_link_remote_open(io, pn_event_link(e));
+        break;
+    case PN_LINK_REMOTE_CLOSE:
+    case PN_LINK_REMOTE_DETACH:
+        on_link_remote_close(io, pn_event_link(e));
+        break;
+    case PN_LINK_FLOW:
+        l = pn_event_link(e);
+        if (pn_link_is_sender(l) && pn_link_get_context(l)) {
+            sender *s = pn_link_get_context(l);
+            if (pn_link_credit(l) > 0) s->credit_seen = 1;
+            drain_waiting(io, s);
+        }
+        break;
+    case PN_DELIVERY:
+        d = pn_event_delivery(e);
+        l = pn_delivery_link(d);
+        if (pn_link_is_sender(l)) {
+            if (pn_delivery_updated(d)) on_outcome(io, d);
+        } else if (pn_delivery_readable(d) && !pn_delivery_partial(d)) {
+            rlink *r = pn_link_get_context(l);
+            if (!r || r->closed) {
+                pn_link_advance(l);
+                pn_delivery_update(d, PN_RELEASED);
+                pn_delivery_settle(d);
+            } else if (!r->sub) {
+                on_reply(io, r, d);
+            } else {
+                on_message(io, r, d);
+            }
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- the loop ----------------------------------------------------------------------- */
+
+static void run_commands(fa_io *io)
+{
+    pthread_mutex_lock(&io->lock);
+    cmd *c = io->cmd_head;
+    fa_op *ops = io->sub_head;
+    fa_rec *recs = io->settle_head;
+    io->cmd_head = io->cmd_tail = NULL;
+    io->sub_head = io->sub_tail = NULL;
+    io->settle_head = io->settle_tail = NULL;
+    io->cmd_wake_pending = 0;
+    uint64_t junk;
+    ssize_t r = read(io->cmd_fd, &junk, sizeof junk);
+    (void)r;
+    pthread_mutex_unlock(&io->lock);
+
+    while (c) {
+        cmd *next = c->next;
+        fa_sub *sub = c->ptr, **p;
+        switch (c->kind) {
+        case CMD_SUBSCRIBE:
+            sub->io_next = io->subs;   /* the reference taken in fa_io_subscribe */
+            io->subs = sub;
+            if (io->activated) attach_sub(io, sub);
+            break;
+        case CMD_UNSUBSCRIBE: {
+            rlink *rl;
+            for (p = &io->subs; *p; p = &(*p)->io_next) {
+                if (*p == sub) { *p = sub->io_next; fa_sub_unref(sub); break; }
+            }
+            for (rl = io->rlinks; rl; rl = rl->next) {
+                if (rl->sub == sub && !rl->closed) {
+                    rl->closed = 1;
+                    /* Its events must not reach the sub, which may be freed below;
+                     * records already taken still find the (closed) rlink. */
+                    pn_link_set_context(rl->link, NULL);
+                    pn_link_close(rl->link);
+                }
+            }
+            fa_sub_unref(sub);         /* the command's reference */
+            break;
+        }
+        case CMD_ACTIVATE:
+            activate(io, c->generation, c->text);
+            break;
+        case CMD_CLOSE:
+            if (!io->closing) {
+                io->closing = 1;
+                for (sub = io->subs; sub; sub = sub->io_next) fa_sub_stop(io, sub);
+                if (io->have_driver && io->opened) {
+                    pn_connection_close(io->driver.connection);
+                    add_timer(io, CLOSE_GRACE, T_CLOSE_GRACE, NULL, NULL);
+                } else {
+                    io->quit = 1;
+                }
+            }
+            break;
+        }
+        free(c->text);
+        free(c);
+        c = next;
+    }
+    while (ops) {
+        fa_op *next = ops->cmd_next;
+        submit(io, ops);
+        ops = next;
+    }
+    while (recs) {
+        fa_rec *next = recs->next;
+        settle_rec(io, recs);
+        recs = next;
+    }
+}
+
+static void process_events(fa_io *io)
+{
+    pn_event_t *e;
+    while (io->have_driver && (e = pn_connection_driver_next_event(&io->driver)))
+        handle(io, e);
+}
+
+/* Write what Proton has produced; complete pre-settled sends whose bytes are out. */
+static void flush_output(fa_io *io)
+{
+    fa_op *op;
+    if (!io->have_driver || io->connecting) return;
+    for (;;) {
+        pn_bytes_t out = pn_connection_driver_write_buffer(&io->driver);
+        /* Everything handed to the transport so far is now encoded into out. */
+        while ((op = list_pop(&io->justsent))) {
+            op->mark = io->written_total + out.size;
+            list_push(&io->written, op);
+        }
+        if (!out.size) break;
+        ssize_t n = send(io->sock, out.start, out.size, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+            pn_connection_driver_errorf(&io->driver, "proton:io", "write failed: %s",
+                                        strerror(errno));
+            pn_connection_driver_close(&io->driver);
+            break;
+        }
+        io->written_total += (uint64_t)n;
+        pn_connection_driver_write_done(&io->driver, (size_t)n);
+        process_events(io);
+    }
+    while ((op = io->written.head) && op->mark <= io->written_total) {
+        list_remove(op);
+        op_finish(io, op, FA_DONE, FA_ACCEPTED, 0, NULL);
+        op_release(io, op);
+    }
+}
+
+static void do_read(fa_io *io)
+{
+    for (;;) {
+        pn_rwbytes_t buf = pn_connection_driver_read_buffer(&io->driver);
+        if (!buf.size) return;
+        ssize_t n = recv(io->sock, buf.start, buf.size, 0);
+        if (n > 0) {
+            pn_connection_driver_read_done(&io->driver, (size_t)n);
+            process_events(io);
+            if (!io->have_driver) return;
+            if ((size_t)n < buf.size) return;
+        } else if (n == 0) {
+            pn_connection_driver_read_close(&io->driver);
+            return;
+        } else {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+            pn_connection_driver_errorf(&io->driver, "proton:io", "read failed: %s",
+                                        strerror(errno));
+            pn_connection_driver_close(&io->driver);
+            return;
+        }
+    }
+}
+
+/* Detach sender links with nothing to send for longer than sender_link_timeout (the
+ * original's default_sender_link_timeout): a service that once sent to many servers
+ * does not keep a link to each for ever. */
+static void purge_senders(fa_io *io, double now)
+{
+    size_t i;
+    if (io->sender_timeout <= 0 || now < io->next_purge) return;
+    io->next_purge = now + (io->sender_timeout / 2 < 10 ? io->sender_timeout / 2 : 10);
+    if (!io->activated) return;
+    for (i = 0; i < io->senders.nbuckets; i++) {
+        fa_entry *e = io->senders.buckets[i];
+        while (e) {
+            sender *s = e->value;
+            e = e->next;              /* map_del frees the entry */
+            if (!s->waiting.head && !s->inflight.head &&
+                now - s->last_used > io->sender_timeout) {
+                map_del(&io->senders, s->address);
+                pn_link_set_context(s->link, NULL);
+                pn_link_close(s->link);
+                free(s->address);
+                free(s);
+            }
+        }
+    }
+}
+
+static void expire(fa_io *io, double now)
+{
+    size_t i;
+    fa_op *op;
+    purge_senders(io, now);
+    while (io->heap_len && io->heap[0]->deadline <= now) {
+        op = io->heap[0];
+        heap_remove(io, op);
+        sender *s = io->activated ? map_get(&io->senders, op->address) : NULL;
+        int starved = !s || !(s->credit_seen || pn_link_credit(s->link) > 0);
+        if (starved)
+            op_finish(io, op, FA_FAILED, 0, FA_ERR_NO_CREDIT, NULL);
+        else
+            op_finish(io, op, FA_FAILED, 0, FA_ERR_TIMEOUT, NULL);
+        /* It stays in its list until that list is next walked; done ops are dropped. */
+    }
+    /* Sends waiting out link_retry_delay after their link was detached. */
+    for (op = io->retry.head; op;) {
+        fa_op *next = op->next;
+        if (op->retry_at <= now) { list_remove(op); submit(io, op); }
+        op = next;
+    }
+    i = 0;
+    while (i < io->ntimers) {
+        timer t = io->timers[i];
+        if (t.when > now) { i++; continue; }
+        io->timers[i] = io->timers[--io->ntimers];
+        switch (t.kind) {
+        case T_RECONNECT:
+            if (!io->have_driver) connect_next(io);
+            break;
+        case T_CONNECT_TIMEOUT:
+            if (io->have_driver && !io->opened && t.generation == io->generation) {
+                pn_connection_driver_errorf(&io->driver, "proton:io",
+                                            "no answer within %.0f s", CONNECT_TIMEOUT);
+                pn_connection_driver_close(&io->driver);
+            }
+            break;
+        case T_CLOSE_GRACE:
+            io->quit = 1;              /* do not wait forever for the peer */
+            break;
+        case T_REATTACH: {
+            int closed;
+            pthread_mutex_lock(&io->lock);
+            closed = t.sub->closed;
+            pthread_mutex_unlock(&io->lock);
+            if (!closed && io->activated && t.generation == io->generation)
+                attach_receiver(io, t.sub, t.address, t.sub->credit, 0);
+            break;
+        }
+        }
+        if (t.sub) fa_sub_unref(t.sub);
+        free(t.address);
+        i = 0;                        /* the array changed under us */
+    }
+}
+
+static int poll_timeout_ms(fa_io *io, double now)
+{
+    double until = now + 1.0;
+    size_t i;
+    if (io->heap_len && io->heap[0]->deadline < until) until = io->heap[0]->deadline;
+    for (i = 0; i < io->ntimers; i++)
+        if (io->timers[i].when < until) until = io->timers[i].when;
+    if (io->retry.head) {
+        fa_op *op;
+        for (op = io->retry.head; op; op = op->next)
+            if (op->retry_at < until) until = op->retry_at;
+    }
+    if (io->have_driver && !io->connecting) {
+        int64_t tick = pn_transport_tick(io->driver.transport, (int64_t)(now * 1000));
+        if (tick && tick / 1000.0 < until) until = tick / 1000.0;
+    }
+    double ms = (until - now) * 1000.0;
+    if (ms < 0) ms = 0;
+    return (int)(ms + 0.999);
+}
+
+static void finish(fa_io *io)
+{
+    fa_op *op;
+    fa_sub *sub;
+    if (io->have_driver) {
+        pn_connection_driver_close(&io->driver);
+        connection_lost(io, "the connection was closed");
+    }
+    teardown(io);
+    fail_calls(io, FA_ERR_CLOSED, "the connection was closed");
+    while (io->heap_len) {
+        op = io->heap[0];
+        heap_remove(io, op);
+        op_finish(io, op, FA_FAILED, 0, FA_ERR_CLOSED, "the connection was closed");
+    }
+    oplist *lists[] = { &io->resubmit, &io->retry, &io->justsent, &io->written };
+    size_t i;
+    for (i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        while ((op = list_pop(lists[i]))) {
+            op_finish(io, op, FA_FAILED, 0, FA_ERR_CLOSED, "the connection was closed");
+            op_release(io, op);
+        }
+    }
+    while ((sub = io->subs)) {
+        io->subs = sub->io_next;
+        fa_sub_stop(io, sub);
+        fa_sub_unref(sub);
+    }
+    drop_timers(io, T_REATTACH);
+    drop_timers(io, T_RECONNECT);
+    drop_timers(io, T_CONNECT_TIMEOUT);
+    drop_timers(io, T_CLOSE_GRACE);
+    /* Commands that arrived after the close: fail or free them. */
+    pthread_mutex_lock(&io->lock);
+    fa_op *ops = io->sub_head;
+    fa_rec *recs = io->settle_head;
+    cmd *c = io->cmd_head;
+    io->sub_head = io->sub_tail = NULL;
+    io->settle_head = io->settle_tail = NULL;
+    io->cmd_head = io->cmd_tail = NULL;
+    pthread_mutex_unlock(&io->lock);
+    while (ops) {
+        fa_op *next = ops->cmd_next;
+        op_finish(io, ops, FA_FAILED, 0, FA_ERR_CLOSED, "the connection was closed");
+        fa_op_unref(ops);
+        ops = next;
+    }
+    while (recs) { fa_rec *next = recs->next; fa_rec_free(recs); recs = next; }
+    while (c) {
+        cmd *next = c->next;
+        if (c->kind == CMD_SUBSCRIBE || c->kind == CMD_UNSUBSCRIBE) {
+            fa_sub_stop(io, c->ptr);
+            fa_sub_unref(c->ptr);
+        }
+        free(c->text);
+        free(c);
+        c = next;
+    }
+}
+
+static void *io_main(void *arg)
+{
+    fa_io *io = arg;
+    connect_next(io);
+    while (!io->quit) {
+        double now = fa_monotonic();
+        struct pollfd fds[2];
+        int nfds = 1;
+        fds[0].fd = io->cmd_fd;
+        fds[0].events = POLLIN;
+        fds[0].revents = 0;
+        if (io->have_driver && io->sock >= 0) {
+            short events = 0;
+            if (io->connecting) {
+                events = POLLOUT;
+            } else {
+                pn_rwbytes_t rb = pn_connection_driver_read_buffer(&io->driver);
+                pn_bytes_t wb = pn_connection_driver_write_buffer(&io->driver);
+                if (rb.size) events |= POLLIN;
+                if (wb.size) events |= POLLOUT;
+            }
+            fds[1].fd = io->sock;
+            fds[1].events = events;
+            fds[1].revents = 0;
+            nfds = 2;
+        }
+        int timeout = poll_timeout_ms(io, now);
+        if (poll(fds, nfds, timeout) < 0 && errno != EINTR) break;
+        run_commands(io);
+        if (nfds == 2 && io->have_driver && io->sock == fds[1].fd) {
+            short rev = fds[1].revents;
+            if (io->connecting && rev) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(io->sock, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) {
+                    const fa_host *h = &io->hosts[io->cur_host];
+                    pn_connection_driver_errorf(&io->driver, "proton:io",
+                                                "cannot connect to %s:%d: %s",
+                                                h->hostname, h->port, strerror(err));
+                    pn_connection_driver_close(&io->driver);
+                } else {
+                    io->connecting = 0;
+                }
+            } else if (rev & (POLLIN | POLLHUP | POLLERR)) {
+                do_read(io);
+            }
+        }
+        process_events(io);
+        flush_output(io);
+        if (io->have_driver && !io->connecting)
+            pn_transport_tick(io->driver.transport, (int64_t)(fa_monotonic() * 1000));
+        process_events(io);
+        flush_output(io);
+        if (io->have_driver && pn_connection_driver_finished(&io->driver)) {
+            connection_lost(io, io->opened ? "connection closed" : "connection failed");
+        }
+        expire(io, fa_monotonic());
+        if (io->closing && !io->have_driver) io->quit = 1;
+    }
+    finish(io);
+    fa_event *ev = new_event(FA_EV_STOPPED, io->generation);
+    pthread_mutex_lock(&io->lock);
+    io->ended = 1;
+    status_changed_locked(io);
+    post_locked(io, ev);
+    pthread_mutex_unlock(&io->lock);
+    return NULL;
+}

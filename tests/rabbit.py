@@ -1,0 +1,256 @@
+"""A private RabbitMQ 3.x node for tests, speaking AMQP 1.0 (rabbitmq_amqp1_0 plugin).
+
+Everything about the node is private to one test session: its name, its ports (AMQP,
+Erlang distribution and its own epmd), its data, logs, configuration and Erlang cookie
+all live in a temporary directory, and it listens on 127.0.0.1 only. It does not touch
+a system RabbitMQ (the Debian package's service) that may run on the same machine.
+
+    node = RabbitNode(tmpdir)
+    node.start()                 # returns when `rabbitmqctl await_startup` says so
+    node.url()                   # amqp://guest:guest@127.0.0.1:PORT/
+    node.ctl("list_queues")      # rabbitmqctl against this node
+    node.stop()                  # rabbitmqctl shutdown, then its epmd
+
+A watchdog process ends the node (its process group, then its epmd) if the test process
+dies without calling stop().
+
+``guest``/``guest`` may log in from the loopback interface only (RabbitMQ's default),
+which is where the tests are.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+RABBIT_BIN = "/usr/lib/rabbitmq/bin"
+SERVER = os.path.join(RABBIT_BIN, "rabbitmq-server")
+CTL = os.path.join(RABBIT_BIN, "rabbitmqctl")
+EPMD = shutil.which("epmd") or "/usr/bin/epmd"
+
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 60.0
+
+# Run beside every node: if the test process dies without stop() (a crash in an
+# extension, SIGKILL), it ends the node's own process group and its epmd, so no node
+# outlives its test run.
+_WATCHDOG = r"""
+import os, signal, subprocess, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+epmd, epmd_port = sys.argv[3], sys.argv[4]
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+def group_alive():
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+while alive(parent) and group_alive():
+    time.sleep(0.5)
+if group_alive():
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while group_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_alive():
+        os.killpg(group, signal.SIGKILL)
+    subprocess.run([epmd, "-port", epmd_port, "-kill"], capture_output=True, timeout=30)
+"""
+
+
+def installed():
+    """None when a node can be started here, else why not."""
+    if not (os.access(SERVER, os.X_OK) and os.access(CTL, os.X_OK)):
+        return (f"RabbitMQ is not installed ({SERVER} is missing): "
+                f"`apt-get install rabbitmq-server` (scripts/setup-env does it)")
+    return None
+
+
+def _free_port(below=None):
+    """A TCP port nobody listens on right now (below ``below`` if given)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if below is None or port < below:
+            return port
+    # The kernel's ephemeral range is all above ``below``: probe a fixed range.
+    for port in range(20000, below):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port")
+
+
+class RabbitNode:
+    """One private RabbitMQ node (see the module docstring)."""
+
+    def __init__(self, base_dir, user="guest", password="guest"):
+        self.base_dir = str(base_dir)
+        self.user = user
+        self.password = password
+        self.port = _free_port()
+        # rabbitmqctl picks its own distribution port at dist_port + 10000 .. + 10010,
+        # which must stay a valid port number.
+        self.dist_port = _free_port(below=55000)
+        self.epmd_port = _free_port()
+        self.nodename = f"fastamqp-{os.getpid()}-{uuid.uuid4().hex[:8]}@localhost"
+        self.process = None
+        self._watchdog = None
+        self.startup_seconds = None
+        self._log = None
+
+    # ---- environment -------------------------------------------------------------
+    def _path(self, *parts):
+        return os.path.join(self.base_dir, *parts)
+
+    def _env(self):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update({
+            # The Erlang cookie is $HOME/.erlang.cookie: private to this node.
+            "HOME": self._path("home"),
+            "RABBITMQ_CONF_ENV_FILE": self._path("rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": self._path("rabbitmq.conf"),
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": self._path("mnesia"),
+            "RABBITMQ_LOG_BASE": self._path("log"),
+            "RABBITMQ_PID_FILE": self._path("rabbit.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": self._path("enabled_plugins"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+        })
+        return env
+
+    def _write_files(self):
+        for sub in ("home", "mnesia", "log"):
+            os.makedirs(self._path(sub), exist_ok=True)
+        with open(self._path("rabbitmq-env.conf"), "w"):
+            pass   # not the system's /etc/rabbitmq/rabbitmq-env.conf
+        with open(self._path("enabled_plugins"), "w") as f:
+            f.write("[rabbitmq_amqp1_0].\n")
+        with open(self._path("rabbitmq.conf"), "w") as f:
+            f.write("loopback_users.guest = true\n"
+                    # A test machine's disk may be nearly full: do not block publishers.
+                    "disk_free_limit.absolute = 1MB\n")
+
+    # ---- control -----------------------------------------------------------------
+    def ctl(self, *args, timeout=60, check=True):
+        """Run rabbitmqctl against this node; its stdout."""
+        result = subprocess.run([CTL, "-n", self.nodename, *args], env=self._env(),
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed "
+                               f"({result.returncode}): {result.stderr.strip()}"
+                               f"{result.stdout.strip()}")
+        return result.stdout
+
+    def log_tail(self, lines=40):
+        """The end of the server's console output, for error messages."""
+        try:
+            with open(self._path("server.out"), errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _port_open(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def start(self, timeout=START_TIMEOUT):
+        self._write_files()
+        started = time.monotonic()
+        self._log = open(self._path("server.out"), "wb")
+        # Its own session: a Ctrl-C in the test run does not hit the node first, and
+        # stop() can end exactly the processes this node started.
+        self.process = subprocess.Popen(
+            [SERVER], env=self._env(), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.base_dir)
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.process.pid),
+             EPMD, str(self.epmd_port)],
+            env=self._env(), start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = started + timeout
+        # The AMQP listener opens at the end of the boot; polling it is cheap, unlike
+        # rabbitmqctl (an Erlang VM per call).
+        while not self._port_open():
+            if self.process.poll() is not None:
+                self._cleanup_after_failure()
+                raise RuntimeError(f"rabbitmq-server exited ({self.process.returncode}) "
+                                   f"while starting:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"RabbitMQ did not open port {self.port} within "
+                                   f"{timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+        left = int(max(1, deadline - time.monotonic()))
+        self.ctl("await_startup", "--timeout", str(left))
+        self.startup_seconds = time.monotonic() - started
+        return self
+
+    def url(self, user=None, password=None, vhost=""):
+        user = self.user if user is None else user
+        password = self.password if password is None else password
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
+
+    def queues(self):
+        """{queue name: {"messages", "consumers", "auto_delete", "exclusive",
+        "durable", "policy"}} of the default virtual host."""
+        out = self.ctl("list_queues", "-q", "--formatter", "json", "name", "messages",
+                       "consumers", "auto_delete", "exclusive", "durable", "policy")
+        return {q.pop("name"): q for q in json.loads(out)}
+
+    def stop(self):
+        if self.process is None:
+            return
+        try:
+            if self.process.poll() is None:
+                try:
+                    self.ctl("shutdown", timeout=STOP_TIMEOUT, check=False)
+                except subprocess.TimeoutExpired:
+                    pass
+                try:
+                    self.process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    # Only the processes of this node: its own session.
+                    os.killpg(self.process.pid, 9)
+                    self.process.wait(10)
+        finally:
+            self._cleanup_after_failure()
+
+    def _cleanup_after_failure(self):
+        if self._watchdog is not None:
+            self._watchdog.terminate()
+            self._watchdog.wait(10)
+            self._watchdog = None
+        # The node started its own epmd on a private port; it outlives the node.
+        subprocess.run([EPMD, "-port", str(self.epmd_port), "-kill"],
+                       env=self._env(), capture_output=True, timeout=30)
+        if self._log is not None:
+            self._log.close()
+            self._log = None

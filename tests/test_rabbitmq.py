@@ -1,0 +1,590 @@
+"""RabbitMQ over AMQP 1.0: the addresses (fastamqp.rabbitmq), and oslo.messaging's
+public API end to end through a real RabbitMQ 3.x node with the rabbitmq_amqp1_0 plugin.
+
+One private node serves the whole session (tests/rabbit.py; about 4 s to start). It
+gets the expiry policy docs/rabbitmq.md asks operators for, with a short period, so the
+tests can see reply and fanout queues go away after their clients. Every test uses
+topics of its own: queues outlive tests on a shared node.
+
+The behavioural tests run on each connection engine that imports: the pure-Python one
+(``[python]``) and the C one (``[c]``, fastamqp._cengine).
+
+oslo.messaging 18.3's tracing options live on the global cfg.CONF (a private
+ConfigOpts fails on send), so the tests use cfg.CONF and reset it afterwards.
+"""
+import os
+import re
+import threading
+import time
+import uuid
+
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+
+from fastamqp import addressing, engine, rabbitmq
+from fastamqp.addressing import AddressingConfig, choose_addresser
+from fastamqp.interface import Host, PeerInfo
+
+import rabbit
+
+TIMEOUT = 15
+POLICY_EXPIRES_MS = 1000
+
+RABBIT3 = {"product": "RabbitMQ", "version": "3.10.8"}
+RABBIT4 = {"product": "RabbitMQ", "version": "4.1.2"}
+CONFIG = AddressingConfig(default_exchange="openstack")
+
+
+class T:
+    """A duck-typed oslo Target."""
+
+    def __init__(self, topic="compute", exchange=None, server=None, fanout=False):
+        self.topic, self.exchange = topic, exchange
+        self.server, self.fanout = server, fanout
+
+
+def peer(properties):
+    return PeerInfo(Host(), "c", properties)
+
+
+# ---- addresses (no node needed) ----------------------------------------------------
+
+@pytest.mark.parametrize("mode, properties, syntax, version", [
+    ("dynamic", RABBIT3, "rabbitmq", 1),
+    ("dynamic", {"product": "RabbitMQ"}, "rabbitmq", 1),          # no version: 3.x form
+    ("dynamic", RABBIT4, "rabbitmq", 2),
+    ("dynamic", {"product": "rabbitmq", "version": "4.0.0-beta.1"}, "rabbitmq", 2),
+    ("rabbitmq", {}, "rabbitmq", 1),                              # forced, no product
+    ("rabbitmq", {"product": "qpid-dispatch-router"}, "rabbitmq", 1),
+    ("legacy", RABBIT3, "legacy", None),                          # an explicit mode wins
+    ("routable", RABBIT3, "routable", None),
+    ("dynamic", {"product": "qpid-cpp"}, "legacy", None),
+    ("dynamic", {"product": "qpid-dispatch-router"}, "routable", None),
+])
+def test_rabbitmq_is_chosen_from_the_peer_or_the_mode(mode, properties, syntax, version):
+    config = AddressingConfig(mode=mode, default_exchange="openstack")
+    addresser = choose_addresser(config, properties)
+    assert addresser.syntax == syntax
+    if version is not None:
+        assert addresser.version == version
+
+
+def test_v1_addresses_for_rabbitmq_3():
+    a = choose_addresser(CONFIG, RABBIT3)
+    assert a.resolve(T()) == (
+        "/queue/openstack.org%2Fom%2Frpc%2Fanycast%2Fopenstack%2Fcompute")
+    assert a.resolve(T(server="host1")) == (
+        "/queue/openstack.org%2Fom%2Frpc%2Funicast%2Fopenstack%2Fcompute%2Fhost1")
+    assert a.resolve(T(fanout=True)) == (
+        "/exchange/amq.direct/openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute")
+    assert a.resolve(T(topic="notifications.info"), addressing.SERVICE_NOTIFY) == (
+        "/queue/openstack.org%2Fom%2Fnotify%2Fanycast%2Fopenstack%2Fnotifications.info")
+    assert a.resolve(T(exchange="nova", server="h")) == (
+        "/queue/openstack.org%2Fom%2Frpc%2Funicast%2Fnova%2Fcompute%2Fh")
+    # An RPC server consumes its own queue, a private queue bound for fanout (the same
+    # exchange address: the plugin makes one queue per link) and the shared queue.
+    assert a.server_addresses(T(server="host1")) == [
+        a.resolve(T(server="host1")), a.resolve(T(fanout=True)), a.resolve(T())]
+
+
+def test_v1_addresses_follow_the_routable_options_and_the_vhost():
+    config = AddressingConfig(default_exchange="ctl", rpc_address_prefix="my/rpc",
+                              notify_address_prefix="my/notify", multicast_address="all",
+                              unicast_address="one", anycast_address="any",
+                              default_rpc_exchange="rx",
+                              default_notification_exchange="nx")
+    a = choose_addresser(config, RABBIT3, vhost="vh1")
+    assert a.resolve(T()) == "/queue/my%2Frpc%2Fany%2Fvh1%2Frx%2Fcompute"
+    assert a.resolve(T(server="h")) == "/queue/my%2Frpc%2Fone%2Fvh1%2Frx%2Fcompute%2Fh"
+    assert a.resolve(T(fanout=True)) == (
+        "/exchange/amq.direct/my%2Frpc%2Fall%2Fvh1%2Frx%2Fcompute")
+    assert a.resolve(T(topic="n.info"), addressing.SERVICE_NOTIFY) == (
+        "/queue/my%2Fnotify%2Fany%2Fvh1%2Fnx%2Fn.info")
+
+
+def test_v2_addresses_for_rabbitmq_4_are_percent_encoded():
+    a = choose_addresser(CONFIG, RABBIT4)
+    assert a.resolve(T()) == (
+        "/queues/openstack.org%2Fom%2Frpc%2Fanycast%2Fopenstack%2Fcompute")
+    assert a.resolve(T(fanout=True)) == (
+        "/exchanges/amq.direct/"
+        "openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute")
+    assert a.resolve(T(topic="a b+c?é", server="h#1")) == (
+        "/queues/openstack.org%2Fom%2Frpc%2Funicast%2Fopenstack%2F"
+        "a%20b%2Bc%3F%C3%A9%2Fh%231")
+    # v2 sources must be queues: fanout arrives on a queue per server.
+    assert a.server_addresses(T(server="host1")) == [
+        a.resolve(T(server="host1")),
+        "/queues/openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute%2Fhost1",
+        a.resolve(T())]
+    assert rabbitmq.v2_exchange("my ex", "k/1") == "/exchanges/my%20ex/k%2F1"
+
+
+def test_reply_source():
+    source = rabbitmq.ReplySource(CONFIG)
+    address = source(peer(RABBIT3))
+    assert address.startswith("/queue/" + rabbitmq.REPLY_QUEUE_PREFIX)
+    assert len(address) > len("/queue/" + rabbitmq.REPLY_QUEUE_PREFIX) + 30
+    assert source(peer(RABBIT3)) == address             # the same queue after a reconnect
+    assert rabbitmq.ReplySource(CONFIG)(peer(RABBIT3)) != address   # one per connection
+    assert source(peer({"product": "qpid-dispatch-router"})) is None   # dynamic source
+    assert source(peer({})) is None
+    assert source(peer(RABBIT4)) is None                # 4.1+: dynamic (temporary queue)
+    forced = rabbitmq.ReplySource(AddressingConfig(mode="rabbitmq"))
+    assert forced(peer({})).startswith("/queue/fastamqp-reply.")
+    # Even with another explicit mode a RabbitMQ 3.x peer cannot give a dynamic source.
+    assert rabbitmq.ReplySource(AddressingConfig(mode="legacy"))(peer(RABBIT3))
+    assert re.match(rabbitmq.TRANSIENT_QUEUE_PATTERN, address[len("/queue/"):])
+    assert re.match(rabbitmq.TRANSIENT_QUEUE_PATTERN, "amq.gen-Du5KMO2jGlPxQbGAzosRow")
+    assert not re.match(rabbitmq.TRANSIENT_QUEUE_PATTERN,
+                        "openstack.org/om/rpc/anycast/openstack/compute")
+
+
+def test_addressing_mode_option_accepts_rabbitmq():
+    from fastamqp import opts
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf([], project="fastamqp-test")
+    conf.set_override("addressing_mode", "rabbitmq", group=opts.GROUP)
+    assert conf.oslo_messaging_amqp.addressing_mode == "rabbitmq"
+    config = AddressingConfig.from_conf(conf.oslo_messaging_amqp, "openstack")
+    assert choose_addresser(config, {"product": "qpid-cpp"}).syntax == "rabbitmq"
+
+
+# ---- the node ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def rabbit_node(tmp_path_factory):
+    why = rabbit.installed()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI machines must have it", pytrace=False)
+        pytest.skip(why)
+    node = rabbit.RabbitNode(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    try:
+        # What docs/rabbitmq.md asks of operators, with a short period for the tests.
+        node.ctl("set_policy", "--apply-to", "queues", "fastamqp-transient",
+                 rabbitmq.TRANSIENT_QUEUE_PATTERN, f'{{"expires": {POLICY_EXPIRES_MS}}}')
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(params=["python", "c"])
+def engine_impl(request, monkeypatch):
+    """The connection engine the driver builds (fastamqp.engine.Connection)."""
+    if request.param == "c":
+        if engine.PUREPYTHON:
+            pytest.skip("FASTAMQP_PUREPYTHON=1: the C engine is disabled in this run")
+        connection = getattr(engine, "c_connection", None)
+        if connection is None:
+            try:
+                from fastamqp._cengine import Connection as connection
+            except ImportError as exc:
+                pytest.skip(f"the C engine (fastamqp._cengine) does not import: {exc}")
+    else:
+        from fastamqp._pure.connection import Connection as connection
+    monkeypatch.setattr(engine, "Connection", connection)
+    return request.param
+
+
+@pytest.fixture
+def conf():
+    cfg.CONF.reset()
+    yield cfg.CONF
+    cfg.CONF.reset()
+
+
+@pytest.fixture
+def transports(conf):
+    made = []
+
+    def make(url, notification=False):
+        factory = (oslo_messaging.get_notification_transport if notification
+                   else oslo_messaging.get_rpc_transport)
+        transport = factory(conf, url=url)
+        made.append(transport)
+        return transport
+    yield make
+    for transport in made:
+        transport.cleanup()
+
+
+@pytest.fixture
+def topic():
+    return f"calc-{uuid.uuid4().hex[:8]}"
+
+
+class Calculator:
+    def __init__(self):
+        self.casts = []
+        self.cond = threading.Condition()
+
+    def add(self, ctxt, a, b):
+        return a + b
+
+    def fail(self, ctxt):
+        raise ValueError("the server says no")
+
+    def context_echo(self, ctxt):
+        return ctxt
+
+    def record(self, ctxt, value):
+        with self.cond:
+            self.casts.append(value)
+            self.cond.notify_all()
+
+    def slow(self, ctxt, seconds):
+        time.sleep(seconds)
+        return "done"
+
+    def wait_for(self, count, timeout=TIMEOUT):
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.casts) >= count, timeout)
+
+
+def start_server(transport, endpoint, topic, server):
+    rpc_server = oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic=topic, server=server), [endpoint],
+        executor="threading")
+    rpc_server.start()
+    return rpc_server
+
+
+def stop(*servers):
+    for server in servers:
+        server.stop()
+    for server in servers:
+        server.wait()
+
+
+def wait_until(predicate, timeout=TIMEOUT, interval=0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def wait_for_consumers(node, names, count=1):
+    """Until each queue has ``count`` consumers: a server's links are attached."""
+    return wait_until(lambda: all(node.queues().get(n, {}).get("consumers", 0) >= count
+                                  for n in names))
+
+
+def queue_name(address):
+    assert address.startswith("/queue/")
+    return address[len("/queue/"):].replace("%2F", "/")
+
+
+def names(topic, server=None):
+    a = choose_addresser(CONFIG, RABBIT3)
+    found = [queue_name(a.resolve(T(topic=topic)))]
+    if server:
+        found.append(queue_name(a.resolve(T(topic=topic, server=server))))
+    return found
+
+
+# ---- oslo.messaging through RabbitMQ ------------------------------------------------
+
+def test_node_starts_quickly_and_speaks_amqp_1_0(rabbit_node):
+    # Keeps the tier's CI time small; the node is shared by the whole session.
+    assert rabbit_node.startup_seconds < 30
+    from fastamqp._pure.connection import Connection
+    from fastamqp.interface import ConnectionSettings
+    conn = Connection([Host("127.0.0.1", rabbit_node.port, "guest", "guest")],
+                      ConnectionSettings(container_id=f"probe-{uuid.uuid4().hex}",
+                                         sasl_mechanisms="PLAIN"))
+    conn.start()
+    try:
+        info = conn.wait_active(TIMEOUT)
+        assert rabbitmq.is_rabbitmq(info.properties)
+        assert rabbitmq.major_version(info.properties) == 3
+    finally:
+        conn.close(5)
+
+
+def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
+    url = rabbit_node.url()
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    try:
+        assert wait_for_consumers(rabbit_node, names(topic, "host1"))
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        assert client.call({}, "add", a=2, b=3) == 5                       # anycast
+        assert client.prepare(server="host1").call({}, "add", a=1, b=1) == 2   # direct
+        client.cast({}, "record", value="cast")                             # cast
+        assert endpoint.wait_for(1)
+        client.prepare(fanout=True).cast({}, "record", value="fanout")      # fanout
+        assert endpoint.wait_for(2)
+        client.prepare(server="host1").cast({}, "record", value="direct")   # direct cast
+        assert endpoint.wait_for(3)
+        assert endpoint.casts == ["cast", "fanout", "direct"]
+        with pytest.raises(ValueError, match="the server says no"):
+            client.call({}, "fail")
+        ctxt = {"user": "u1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-"
+                                             "b7ad6b7169203331-01"}
+        assert client.call(ctxt, "context_echo") == ctxt
+    finally:
+        stop(rpc_server)
+
+
+def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit_node, engine_impl,
+                                                             transports, topic):
+    url = rabbit_node.url()
+    one, two = Calculator(), Calculator()
+    fanout_before = {n for n, q in rabbit_node.queues().items() if q["consumers"]}
+    servers = [start_server(transports(url), one, topic, "host1"),
+               start_server(transports(url), two, topic, "host2")]
+    try:
+        anycast, host1 = names(topic, "host1")
+        host2 = names(topic, "host2")[1]
+
+        def attached():
+            queues = rabbit_node.queues()
+            # Each server's private fanout queue too (their only consumer is it).
+            fanout = [n for n in queues if n.startswith("amq.gen-")
+                      and queues[n]["consumers"] and n not in fanout_before]
+            return (queues.get(anycast, {}).get("consumers") == 2
+                    and queues.get(host1, {}).get("consumers") == 1
+                    and queues.get(host2, {}).get("consumers") == 1 and len(fanout) >= 2)
+        assert wait_until(attached)
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        client.prepare(fanout=True).cast({}, "record", value="everyone")
+        assert one.wait_for(1) and two.wait_for(1)
+        assert one.casts == ["everyone"] and two.casts == ["everyone"]
+        # Anycast: the two servers compete for one shared queue; each message is
+        # handled exactly once.
+        for i in range(10):
+            client.cast({}, "record", value=i)
+        assert wait_until(lambda: len(one.casts) + len(two.casts) >= 12)
+        time.sleep(0.5)
+        got = sorted(one.casts[1:] + two.casts[1:])
+        assert got == list(range(10))
+        assert one.casts[1:] and two.casts[1:]      # both took a share
+        # Direct: only the named server.
+        client.prepare(server="host2").cast({}, "record", value="only-2")
+        assert two.wait_for(len(two.casts) + 1)
+        assert "only-2" in two.casts and "only-2" not in one.casts
+    finally:
+        stop(*servers)
+
+
+def test_reply_queue_is_per_connection_and_goes_away_after_its_client(
+        rabbit_node, engine_impl, conf, topic):
+    url = rabbit_node.url()
+    server_transport = oslo_messaging.get_rpc_transport(conf, url=url)
+    rpc_server = start_server(server_transport, Calculator(), topic, "host1")
+    clients = [oslo_messaging.get_rpc_transport(conf, url=url) for _ in range(2)]
+    try:
+        assert wait_for_consumers(rabbit_node, names(topic, "host1"))
+        for transport in clients:
+            client = oslo_messaging.get_rpc_client(
+                transport, oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+            assert client.call({}, "add", a=1, b=2) == 3
+        replies = [queue_name(t._driver.connection().reply_address(
+            time.monotonic() + TIMEOUT)) for t in clients]
+        assert len(set(replies)) == 2
+        queues = rabbit_node.queues()
+        for name in replies:
+            assert name.startswith(rabbitmq.REPLY_QUEUE_PREFIX)
+            assert queues[name]["consumers"] == 1
+            assert queues[name]["policy"] == "fastamqp-transient"
+        fanout_queues = [n for n, q in queues.items()
+                         if n.startswith("amq.gen-") and q["consumers"]]
+        assert fanout_queues
+    finally:
+        for transport in clients:
+            transport.cleanup()
+    # The clients are gone: their reply queues expire (the operator's policy).
+    assert wait_until(lambda: not set(replies) & set(rabbit_node.queues()),
+                      timeout=POLICY_EXPIRES_MS / 1000 + 10)
+    stop(rpc_server)
+    server_transport.cleanup()
+    # The stopped server's private fanout queue goes the same way.
+    assert wait_until(lambda: not set(fanout_queues) & set(rabbit_node.queues()),
+                      timeout=POLICY_EXPIRES_MS / 1000 + 10)
+
+
+def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl,
+                                                        transports, topic):
+    url = rabbit_node.url()
+    rpc_server = start_server(transports(url), Calculator(), topic, "host1")
+    try:
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT,
+            call_monitor_timeout=2)
+        # 3 s of work with a 2 s monitor: only heartbeats keep the call alive.
+        assert client.call({}, "slow", seconds=3) == "done"
+    finally:
+        stop(rpc_server)
+
+
+def test_call_timeout_without_a_server(rabbit_node, engine_impl, transports, topic):
+    client = oslo_messaging.get_rpc_client(
+        transports(rabbit_node.url()), oslo_messaging.Target(topic=topic), timeout=2)
+    started = time.monotonic()
+    with pytest.raises(oslo_messaging.MessagingTimeout):
+        client.call({}, "add", a=1, b=2)
+    assert time.monotonic() - started < 6
+
+
+def test_a_call_that_timed_out_is_not_run_later(rabbit_node, engine_impl, transports,
+                                               topic):
+    # The request carries its timeout as the header ttl, which RabbitMQ 3.x honours:
+    # a server that starts after the caller gave up never runs the stale request.
+    url = rabbit_node.url()
+    client = oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=1)
+    # No server yet: the caller's link declares the shared queue, which keeps the
+    # request until its ttl runs out.
+    with pytest.raises(oslo_messaging.MessagingTimeout):
+        client.call({}, "record", value="stale")
+    time.sleep(1)
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    try:
+        client.prepare(timeout=TIMEOUT).cast({}, "record", value="fresh")
+        assert endpoint.wait_for(1)
+        time.sleep(0.3)
+        assert endpoint.casts == ["fresh"]
+    finally:
+        stop(rpc_server)
+
+
+class NotificationEndpoint:
+    def __init__(self):
+        self.received = []
+        self.cond = threading.Condition()
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self.cond:
+            self.received.append(payload["n"])
+            self.cond.notify_all()
+
+    def wait_for(self, count, timeout=TIMEOUT):
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self.received) >= count, timeout)
+
+
+def listener_for(transport, topic, endpoint, pool=None):
+    listener = oslo_messaging.get_notification_listener(
+        transport, [oslo_messaging.Target(topic=topic)], [endpoint],
+        executor="threading", pool=pool)
+    listener.start()
+    return listener
+
+
+def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl,
+                                                        transports, topic):
+    url = rabbit_node.url()
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="compute.host1",
+                                       driver="messagingv2", topics=[topic])
+    # Sent before any listener exists: RabbitMQ keeps it in the shared queue.
+    notifier.info({}, "compute.instance.create.end", {"n": 0})
+    one, two = NotificationEndpoint(), NotificationEndpoint()
+    listeners = [listener_for(transports(url, notification=True), topic, one),
+                 listener_for(transports(url, notification=True), topic, two)]
+    try:
+        queue = queue_name(choose_addresser(CONFIG, RABBIT3).resolve(
+            T(topic=f"{topic}.info"), addressing.SERVICE_NOTIFY))
+        assert wait_for_consumers(rabbit_node, [queue], count=2)
+        for n in range(1, 11):
+            notifier.info({}, "compute.instance.create.end", {"n": n})
+        assert wait_until(lambda: len(one.received) + len(two.received) >= 11)
+        time.sleep(0.5)
+        assert sorted(one.received + two.received) == list(range(11))   # once each
+        assert one.received and two.received                           # both took some
+    finally:
+        for listener in listeners:
+            listener.stop()
+            listener.wait()
+
+
+def test_notification_pool_is_refused(rabbit_node, engine_impl, transports, topic):
+    # A pool needs a shared queue bound to an exchange; the 3.x plugin only binds
+    # private, server-named queues, so the driver refuses pools (it does not deliver
+    # duplicates or lose the pool's copies silently).
+    transport = transports(rabbit_node.url(), notification=True)
+    with pytest.raises(NotImplementedError):
+        listener_for(transport, topic, NotificationEndpoint(), pool="billing")
+
+
+def test_sasl_plain_with_guest(rabbit_node, engine_impl, transports, topic):
+    url = rabbit_node.url() + "?sasl_mechanisms=PLAIN"
+    rpc_server = start_server(transports(url), Calculator(), topic, "host1")
+    try:
+        # No need to wait for the server's links: the queue keeps the request.
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        assert client.call({}, "add", a=40, b=2) == 42
+    finally:
+        stop(rpc_server)
+
+
+def test_no_credentials_log_in_as_the_plugins_default_user(rabbit_node, engine_impl,
+                                                          transports, topic):
+    # ANONYMOUS: the 3.x plugin maps it to amqp1_0.default_user (guest by default).
+    url = f"amqp://127.0.0.1:{rabbit_node.port}/"
+    client = oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+    client.cast({}, "record", value="anonymous")
+    queue = names(topic)[0]
+    assert wait_until(lambda: rabbit_node.queues().get(queue, {}).get("messages") == 1)
+
+
+def test_wrong_password_fails_quickly(rabbit_node, engine_impl, transports, topic):
+    client = oslo_messaging.get_rpc_client(
+        transports(rabbit_node.url(password="wrong")), oslo_messaging.Target(topic=topic),
+        timeout=30)
+    started = time.monotonic()
+    with pytest.raises(oslo_messaging.MessageDeliveryFailure,
+                       match="(?i)authentication|credentials|unauthorized"):
+        client.call({}, "add", a=1, b=2)
+    assert time.monotonic() - started < 10
+
+
+def test_hybrid_rpc_through_a_router_notifications_through_rabbitmq(
+        rabbit_node, engine_impl, transports, topic):
+    """One service: RPC over the embedded router (as qdrouterd), notifications over
+    RabbitMQ, each transport choosing its own addressing from its peer."""
+    from fastamqp.intermediary import Intermediary
+    with Intermediary(mode="router") as router:
+        rpc_transport = transports(router.url)
+        notify_transport = transports(rabbit_node.url(), notification=True)
+        notifier = oslo_messaging.Notifier(notify_transport, publisher_id="svc.host1",
+                                           driver="messagingv2", topics=[topic])
+        events = NotificationEndpoint()
+
+        class Service:
+            def work(self, ctxt, n):
+                notifier.info(ctxt, "svc.work.done", {"n": n})
+                return n * 2
+
+        rpc_server = start_server(rpc_transport, Service(), topic, "host1")
+        listener = listener_for(notify_transport, topic, events)
+        try:
+            time.sleep(0.3)   # the server's links reach the router
+            client = oslo_messaging.get_rpc_client(
+                rpc_transport, oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+            assert client.call({}, "work", n=21) == 42
+            assert events.wait_for(1)
+            assert events.received == [21]
+            # Each transport picked the syntax of its own peer.
+            assert rpc_transport._driver._addresser(
+                rpc_transport._driver.connection().peer).syntax == "routable"
+            assert notify_transport._driver._addresser(
+                notify_transport._driver.connection().peer).syntax == "rabbitmq"
+            # The RPC went through the router, not through RabbitMQ.
+            assert not [n for n in rabbit_node.queues() if topic in n and "/rpc/" in n]
+        finally:
+            stop(rpc_server)
+            listener.stop()
+            listener.wait()
