@@ -27,7 +27,7 @@ import time
 
 from fastamqp import _io, exceptions
 from fastamqp._control import SASL_NONE, SASL_OK, ControlPlane, is_tls_failure
-from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult
+from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, TLSInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class _Waiter:
 
     def done(self):
         if self.event is not None:
+            # Wake whoever still waits here (a poll() being stopped by close()): the
+            # dispatcher will no longer find this event for the object's last change.
+            self.event.set()
             self.conn._wakers.pop(self.obj.id, None)
 
 
@@ -327,13 +330,13 @@ class Connection(ControlPlane):
 
     def _handle(self, event):
         (kind, generation, index, wake_id, remote_closed, sasl_outcome, text,
-         cond_name, cond_desc, mech, props) = event
+         cond_name, cond_desc, mech, props, tls) = event
         if kind == _io.EV_WAKE:
             waker = self._wakers.get(wake_id)
             if waker is not None:
                 waker.set()
         elif kind == _io.EV_OPENED:
-            self._on_opened(generation, index, text, props)
+            self._on_opened(generation, index, text, props, mech, tls)
         elif kind == _io.EV_ACTIVE:
             if generation == self._generation:
                 self._set_active()
@@ -350,12 +353,13 @@ class Connection(ControlPlane):
             return True
         return False
 
-    def _on_opened(self, generation, index, container, props):
+    def _on_opened(self, generation, index, container, props, mech, tls):
         host = self._hosts[index]
         self._current_index = index
         with self._subs_lock:
             self._generation = generation
-            self._peer = PeerInfo(host, container, props)
+            self._peer = PeerInfo(host, container, props, mech,
+                                  TLSInfo(*tls) if tls is not None else None)
             self._opened()
             for sub in self._subs:
                 try:

@@ -67,6 +67,9 @@ cdef extern from "fa_io.h" nogil:
         char *cond_name
         char *cond_desc
         char *mech
+        char *tls_subject
+        char *tls_protocol
+        char *tls_cipher
         char **props
         int nprops
         fa_event *next
@@ -235,7 +238,8 @@ cdef class Engine:
     def take_events(self):
         """The control-plane events since the last call, oldest first, as tuples
         (kind, generation, host, wake_id, remote_closed, sasl_outcome, text,
-        cond_name, cond_desc, mech, properties)."""
+        cond_name, cond_desc, mech, properties, tls) where tls is None or
+        (subject, protocol, cipher)."""
         cdef fa_event *head = fa_io_take_events(self.io)
         cdef fa_event *ev = head
         cdef int i
@@ -245,9 +249,12 @@ cdef class Engine:
                 props = {}
                 for i in range(ev.nprops):
                     props[_s(ev.props[2 * i])] = _s(ev.props[2 * i + 1])
+                tls = None
+                if ev.tls_subject != NULL or ev.tls_protocol != NULL:
+                    tls = (_s(ev.tls_subject), _s(ev.tls_protocol), _s(ev.tls_cipher))
                 out.append((ev.kind, ev.generation, ev.host, ev.wake_id,
                             bool(ev.remote_closed), ev.sasl_outcome, _s(ev.text),
-                            _s(ev.cond_name), _s(ev.cond_desc), _s(ev.mech), props))
+                            _s(ev.cond_name), _s(ev.cond_desc), _s(ev.mech), props, tls))
                 ev = ev.next
         finally:
             fa_event_free(head)

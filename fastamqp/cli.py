@@ -17,7 +17,13 @@ def main(argv=None):
     sub.add_parser("intermediary", add_help=False,
                    help="run the embedded AMQP 1.0 router or broker (see "
                         "'fastamqp intermediary --help')")
+    sub.add_parser("check", add_help=False,
+                   help="connect to a transport URL as the driver would and report the "
+                        "peer, addressing, SASL, TLS and a probe's round trip")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        from fastamqp.check import main as check_main
+        return check_main(argv[1:])
     if argv[:1] == ["demo"]:
         from fastamqp.demo import main as demo_main
         return demo_main(argv[1:])

@@ -92,12 +92,24 @@ class ConnectionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TLSInfo:
+    """The TLS session of a connection: the peer certificate's subject, protocol and
+    cipher as the TLS library names them."""
+
+    subject: Optional[str]
+    protocol: Optional[str]
+    cipher: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerInfo:
     """Who we are connected to (the remote Open)."""
 
     host: Host
     container_id: Optional[str]
     properties: dict
+    sasl_mechanism: Optional[str] = None   # the SASL mechanism we logged in with
+    tls: Optional["TLSInfo"] = None          # None: not TLS
 
     @property
     def product(self):

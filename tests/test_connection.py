@@ -330,3 +330,31 @@ def test_closed_engine_refuses_work(connect, broker):
     with pytest.raises(exceptions.EngineClosed):
         conn.send("unicast.closed", request("unicast.closed"), presettled=False,
                   deadline=deadline(2))
+
+
+def test_multicast_sender_credit_is_topped_up(connect, router):
+    """More messages than one credit window through a multicast address, with a
+    consumer that keeps up: the router must keep giving the sender credit as it
+    forwards (it stores nothing)."""
+    conn = connect(router)
+    address = "openstack.org/om/rpc/multicast/openstack/fan"
+    sub = conn.subscribe([address], 100)
+    time.sleep(0.2)
+    count = 700      # the embedded router's window is 250
+    got = []
+
+    def consume():
+        while len(got) < count:
+            batch = sub.poll(100, TIMEOUT)
+            if not batch:
+                return
+            for delivery in batch:
+                sub.settle(delivery, Outcome.ACCEPTED)
+            got.extend(batch)
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for i in range(count):
+        conn.send(address, request(address, f"m{i}"), presettled=True,
+                  deadline=deadline())
+    consumer.join(TIMEOUT * 2)
+    assert len(got) == count

@@ -290,3 +290,15 @@ def test_no_secret_in_reprs(pki):
     assert PASSWORD not in repr(h) and PASSWORD not in str(h)
     assert pki.client_key_password not in repr(s)
     assert "zz-secret" not in repr(TLSConfig("c", "k", key_password="zz-secret"))
+
+
+def test_peer_info_tells_the_login_and_the_tls_session(connect, im, pki):
+    plain = connect([host(im, "plain", user="alice", password=PASSWORD)])
+    assert plain.peer.sasl_mechanism == "PLAIN"
+    assert plain.peer.tls is None
+    tls = connect([host(im, "tls")], ssl_ca_file=pki.ca)
+    assert tls.peer.sasl_mechanism == "ANONYMOUS"
+    assert tls.peer.tls is not None
+    assert "CN=localhost" in tls.peer.tls.subject      # the server certificate's
+    assert tls.peer.tls.protocol and tls.peer.tls.protocol.startswith("TLS")
+    assert tls.peer.tls.cipher

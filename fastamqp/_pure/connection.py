@@ -32,7 +32,7 @@ import pyngus
 
 from fastamqp import exceptions
 from fastamqp._control import ControlPlane, is_tls_failure
-from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult
+from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, TLSInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -790,8 +790,14 @@ class Connection(ControlPlane):
             # after SASL (e.g. a policy or a user it does not know). Not active.
             return
         props = pconn.remote_properties or {}
+        mech = pconn.pn_sasl.mech if pconn.pn_sasl is not None else None
+        tls = None
+        ssl_session = getattr(pconn, "_pn_ssl", None)   # pyngus keeps it there
+        if ssl_session is not None:
+            tls = TLSInfo(ssl_session.remote_subject, ssl_session.protocol_name(),
+                          ssl_session.cipher_name())
         self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
-                              {str(k): v for k, v in props.items()})
+                              {str(k): v for k, v in props.items()}, mech or None, tls)
         self._delay = self._settings.retry_interval
         self._opened()
         self._reply.attach(pconn)

@@ -414,6 +414,9 @@ void fa_event_free(fa_event *ev)
         free(ev->cond_name);
         free(ev->cond_desc);
         free(ev->mech);
+        free(ev->tls_subject);
+        free(ev->tls_protocol);
+        free(ev->tls_cipher);
         for (i = 0; i < 2 * ev->nprops; i++) free(ev->props[i]);
         free(ev->props);
         free(ev);
@@ -1639,6 +1642,14 @@ static void on_remote_open(fa_io *io, pn_connection_t *c)
     fa_event *ev = new_event(FA_EV_OPENED, io->generation);
     ev->host = io->cur_host;
     ev->text = dup_or_null(pn_connection_remote_container(c));
+    ev->mech = dup_or_null(pn_sasl_get_mech(pn_sasl(io->driver.transport)));
+    if (io->tls) {
+        pn_ssl_t *ssl = pn_ssl(io->driver.transport);
+        char buf[128];
+        ev->tls_subject = dup_or_null(pn_ssl_get_remote_subject(ssl));
+        if (pn_ssl_get_protocol_name(ssl, buf, sizeof buf)) ev->tls_protocol = strdup(buf);
+        if (pn_ssl_get_cipher_name(ssl, buf, sizeof buf)) ev->tls_cipher = strdup(buf);
+    }
     pn_data_t *p = pn_connection_remote_properties(c);
     pn_data_rewind(p);
     if (pn_data_next(p) && pn_data_type(p) == PN_MAP) {
@@ -1690,6 +1701,8 @@ static void on_link_remote_open(fa_io *io, pn_link_t *l)
     if (!ctx) return;
     if (pn_link_is_sender(l)) {
         sender *s = ctx;
+        /* A peer refusing the link answers with no target, then detaches it. */
+        if (!pn_terminus_get_address(pn_link_remote_target(l))) return;
         s->active = 1;
         drain_waiting(io, s);
     } else if ((rlink *)ctx == io->reply_link) {
@@ -1748,6 +1761,9 @@ static void handle(fa_io *io, pn_event_t *e)
         l = pn_delivery_link(d);
         if (pn_link_is_sender(l)) {
             if (pn_delivery_updated(d)) on_outcome(io, d);
+        } else if (pn_delivery_aborted(d)) {
+            /* The sender gave up on a multi-frame message: nothing to hand over. */
+            pn_delivery_settle(d);
         } else if (pn_delivery_readable(d) && !pn_delivery_partial(d)) {
             rlink *r = pn_link_get_context(l);
             if (!r || r->closed) {

@@ -81,7 +81,8 @@ typedef struct fa_event {
     int sasl_outcome;          /* pn_sasl_outcome_t, or -1 */
     char *text;                /* reason, or the peer's container id (OPENED) */
     char *cond_name, *cond_desc;
-    char *mech;
+    char *mech;                /* the SASL mechanism used (OPENED, LOST) */
+    char *tls_subject, *tls_protocol, *tls_cipher;   /* OPENED over TLS */
     char **props;              /* OPENED: the peer's properties, key/value strings */
     int nprops;
     struct fa_event *next;

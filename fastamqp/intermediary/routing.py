@@ -404,6 +404,8 @@ class RouterCore(_Core):
                     continue
                 c.undelivered.append(Message(m.data, True, None, None, m.address))
                 self.pump(c)
+            # The router took the message off the producer's hands: top its credit up.
+            self.dirty.add(p)
             return
         c = self._choose(p.address, p.dist)
         p.held += 1
