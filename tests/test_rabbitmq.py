@@ -22,6 +22,7 @@ import oslo_messaging
 import pytest
 from oslo_config import cfg
 
+from engines import ENGINE_TESTS_DONE
 from fastamqp import addressing, engine, rabbitmq
 from fastamqp.addressing import AddressingConfig, choose_addresser
 from fastamqp.interface import Host, PeerInfo
@@ -175,6 +176,8 @@ def rabbit_node(tmp_path_factory):
 @pytest.fixture(params=["python", "c"])
 def engine_impl(request, monkeypatch):
     """The connection engine the driver builds (fastamqp.engine.Connection)."""
+    if ENGINE_TESTS_DONE:
+        pytest.skip("FASTAMQP_ENGINE_TESTS_DONE=1: run on both engines in the C install")
     if request.param == "c":
         if engine.PUREPYTHON:
             pytest.skip("FASTAMQP_PUREPYTHON=1: the C engine is disabled in this run")
