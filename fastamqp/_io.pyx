@@ -5,6 +5,7 @@ Thin on purpose: each object here owns one reference to a C object and releases 
 ``__dealloc__``; waits drop the GIL. The connection logic that needs Python (addresses
 computed from the peer, errors, eventlet) is in fastamqp/_cengine.py.
 """
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport calloc, free
@@ -88,6 +89,7 @@ cdef extern from "fa_io.h" nogil:
     void fa_event_free(fa_event *ev)
     void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address)
     void fa_io_close(fa_io *io)
+    void fa_io_abort(fa_io *io)
     int fa_io_join(fa_io *io, double timeout)
     void fa_io_free(fa_io *io)
     int fa_io_active(fa_io *io)
@@ -309,7 +311,9 @@ cdef class Engine:
         if self.io == NULL or self.forked():
             return   # a forked child leaks its copy rather than risk a deadlock
         if self.started:
-            fa_io_close(self.io)
+            # Collected without close(): do not wait for the peer's Close (under
+            # eventlet the peer may be a green thread of this very process).
+            fa_io_abort(self.io)
             with nogil:
                 rc = fa_io_join(self.io, 5.0)
         if rc == 0:
@@ -318,6 +322,9 @@ cdef class Engine:
         self.io = NULL
 
 
+# no_gc_clear: when a reference cycle holding this object is collected, the cycle
+# collector must not set ``engine`` to None before __dealloc__, which needs it.
+@cython.no_gc_clear
 cdef class Op:
     """One send, until it has a result."""
 
@@ -351,6 +358,9 @@ cdef class Op:
             fa_op_unref(self.op)
 
 
+# no_gc_clear: when a reference cycle holding this object is collected, the cycle
+# collector must not set ``engine`` to None before __dealloc__, which needs it.
+@cython.no_gc_clear
 cdef class Call:
     """A registered reply correlation: the I/O thread matches replies to it."""
 
@@ -395,6 +405,9 @@ cdef class Call:
             fa_call_unref(self.call)
 
 
+# no_gc_clear: when a reference cycle holding this object is collected, the cycle
+# collector must not set ``engine`` to None before __dealloc__, which needs it.
+@cython.no_gc_clear
 cdef class Sub:
     """Receiver links feeding one queue of records."""
 
@@ -459,6 +472,9 @@ cdef class Sub:
             fa_sub_unref(self.sub)
 
 
+# no_gc_clear: when a reference cycle holding this object is collected, the cycle
+# collector must not set ``engine`` to None before __dealloc__, which needs it.
+@cython.no_gc_clear
 cdef class Token:
     """A received delivery until it is settled (at most once)."""
 

@@ -123,3 +123,47 @@ def test_engine_garbage_collected_without_close():
         conn.close(5)
         del conn
     assert settle_down(baseline) == baseline
+
+
+GC_SCRIPT = r'''
+import gc
+from fastamqp.engine import c_connection
+from fastamqp.interface import ConnectionSettings, Host
+from fastamqp.intermediary import Intermediary
+
+with Intermediary(mode="broker") as im:
+    conn = c_connection([Host("127.0.0.1", im.port)],
+                        ConnectionSettings(container_id="gc-cycles"))
+    conn.start()
+    conn.wait_active(10)
+    for i in range(300):
+        waiter = conn.expect_reply(f"cycle-{i}")
+
+        class Holder:        # a class per round: classes sit in cycles of their own
+            pass
+        holder = Holder()
+        holder.waiter = waiter                 # a reference cycle holding a reply
+        holder.me = holder                     # waiter and its Call
+        holder.call = waiter._call
+        del waiter, holder
+    gc.collect()
+    conn.close(5)
+    del conn
+    gc.collect()
+print("ok")
+'''
+
+
+def test_reference_cycles_are_collected_safely(tmp_path):
+    """Wrappers of C objects caught in reference cycles (as exception tracebacks make
+    them) are freed by the cycle collector: it must not clear their engine reference
+    before they release their C object (it did: a segfault in oslo's functional tests).
+    In a child process, so that a crash fails this test instead of the run."""
+    import subprocess
+    import sys
+    script = tmp_path / "cycles.py"
+    script.write_text(GC_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (
+        result.returncode, result.stdout[-2000:], result.stderr[-3000:])

@@ -972,6 +972,11 @@ void fa_io_close(fa_io *io)
     push_cmd(io, CMD_CLOSE, NULL, 0, NULL);
 }
 
+void fa_io_abort(fa_io *io)
+{
+    push_cmd(io, CMD_CLOSE, NULL, 1, NULL);    /* generation 1: do not wait for the peer */
+}
+
 int fa_io_join(fa_io *io, double timeout)
 {
     if (!io->started) return 0;
@@ -1829,6 +1834,7 @@ static void run_commands(fa_io *io)
             activate(io, c->generation, c->text);
             break;
         case CMD_CLOSE:
+            if (c->generation) io->quit = 1;   /* fa_io_abort */
             if (!io->closing) {
                 io->closing = 1;
                 for (sub = io->subs; sub; sub = sub->io_next) fa_sub_stop(io, sub);

@@ -101,6 +101,7 @@ fa_event *fa_io_take_events(fa_io *io);        /* detach the pending list */
 void fa_event_free(fa_event *ev);
 void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address);
 void fa_io_close(fa_io *io);                   /* begin an orderly close */
+void fa_io_abort(fa_io *io);                   /* close now, not waiting for the peer */
 int fa_io_join(fa_io *io, double timeout);     /* 0 when the thread has ended */
 void fa_io_free(fa_io *io);                    /* after join */
 int fa_io_active(fa_io *io);
