@@ -313,8 +313,13 @@ class ProtonDriver(base.BaseDriver):
                                                    timeout=timeout,
                                                    serializer=self.serializer)
                     presettled = "rpc-cast" in self.pre_settled
+                # A call's request is never resent by the engine once it may have
+                # reached the server (in doubt at a connection loss): its reply route
+                # is gone with the connection anyway, and a resend could run the
+                # method twice. Casts are resent (at least once, REFERENCE §3.9 #8).
                 result = self._send_once(conn, address, payload, presettled, deadline,
-                                         retry, at_least_once, wait_for_reply, target)
+                                         0 if wait_for_reply else retry, at_least_once,
+                                         wait_for_reply, target)
                 if result is not None and result.outcome is not Outcome.ACCEPTED:
                     if self._resend(result, address, budget, deadline, at_least_once,
                                     target):
@@ -391,15 +396,21 @@ class ProtonDriver(base.BaseDriver):
         address = self._addresser(conn.peer).resolve(target, addressing.SERVICE_NOTIFY)
         payload = codec.encode_notification(address, message, ctxt, version,
                                             serializer=self.serializer)
-        try:
-            result = conn.send(address, payload, presettled="notify" in self.pre_settled,
-                               deadline=deadline, retry=retry)
-        except (exceptions.SendTimeout, exceptions.SendFailure,
-                exceptions.ConnectionFailed, exceptions.EngineClosed) as exc:
-            raise om_exceptions.MessageDeliveryFailure(f"{address}: {exc}") from None
-        if result.outcome is not Outcome.ACCEPTED:
-            raise om_exceptions.MessageDeliveryFailure(
-                f"{address}: the peer answered {result.outcome.value}")
+        budget = None if retry is None or retry < 0 else retry
+        while True:
+            try:
+                result = conn.send(address, payload,
+                                   presettled="notify" in self.pre_settled,
+                                   deadline=deadline, retry=retry)
+            except (exceptions.SendTimeout, exceptions.SendFailure,
+                    exceptions.ConnectionFailed, exceptions.EngineClosed) as exc:
+                raise om_exceptions.MessageDeliveryFailure(f"{address}: {exc}") from None
+            if result.outcome is Outcome.ACCEPTED:
+                return
+            # Released / modified: sent again, as casts are (REFERENCE §3.6);
+            # rejected: a failure.
+            if self._resend(result, address, budget, deadline, False, target):
+                budget = None if budget is None else budget - 1
 
     # ---- listening ------------------------------------------------------------
     def listen(self, target, batch_size, batch_timeout):

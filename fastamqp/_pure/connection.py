@@ -435,6 +435,12 @@ class Connection(ControlPlane):
     def close(self, timeout=30.0):
         if self._thread is None or self._closing:
             return
+        if not self._thread.is_alive():
+            # The I/O thread has ended (and closed its wake-up pipe): nothing to stop.
+            LOG.warning("close(): the I/O thread of %s had already ended",
+                        self._settings.container_id)
+            self._closing = True
+            return
         self._closing = True
         self._call_soon(self._begin_close)
         self._thread.join(timeout)
@@ -678,7 +684,9 @@ class Connection(ControlPlane):
         # Sends whose outcome is unknown go again on the next connection, while their
         # budget and deadline allow; a pre-settled one not yet written goes again too.
         for sender in self._senders.values():
-            for send in list(sender.in_flight.values()) + list(sender.waiting):
+            # Sends that never left (no credit yet) are not in doubt: they wait.
+            self._resubmit.extend(s for s in sender.waiting if not s.done.is_set())
+            for send in list(sender.in_flight.values()):
                 if send.may_retry():
                     self._resubmit.append(send)
                 else:

@@ -236,6 +236,7 @@ struct fa_call {
     int refs;
     uint64_t id;
     char *key;
+    uint64_t generation;              /* the connection it was registered on */
     /* shared, under io->lock */
     int state, error;
     uint64_t beats, seq;
@@ -679,6 +680,7 @@ fa_call *fa_call_new(fa_io *io, const char *message_id)
     call->key = strdup(message_id);
     init_cond(&call->cond);
     pthread_mutex_lock(&io->lock);
+    call->generation = io->generation;
     fa_call *old = map_put(&io->calls, message_id, call);
     pthread_mutex_unlock(&io->lock);
     if (old) fa_call_unref(old);
@@ -1144,7 +1146,9 @@ static void connect_next(fa_io *io)
     struct addrinfo hints, *res = NULL;
     int fd = -1, rc;
 
+    pthread_mutex_lock(&io->lock);   /* fa_call_new reads it */
     io->generation++;
+    pthread_mutex_unlock(&io->lock);
     io->cur_host = index;
     io->sasl_failed = 0;
     io->lost_reason[0] = 0;
@@ -1228,8 +1232,13 @@ static void free_sender_cb(void *arg, void *value)
     sender *s = value;
     fa_op *op;
     /* Sends whose outcome is unknown go again on the next connection, while their
-     * budget and deadline allow (REFERENCE §3.9 #8). */
-    while ((op = list_pop(&s->inflight)) || (op = list_pop(&s->waiting))) {
+     * budget and deadline allow (REFERENCE §3.9 #8); sends that never left (no credit
+     * yet) simply wait for it, they are not in doubt. */
+    while ((op = list_pop(&s->waiting))) {
+        if (op_is_done(io, op)) op_release(io, op);
+        else list_push(&io->resubmit, op);
+    }
+    while ((op = list_pop(&s->inflight))) {
         op->delivery = NULL;
         if (op_is_done(io, op)) { op_release(io, op); continue; }
         if (op_may_retry(op)) list_push(&io->resubmit, op);
@@ -1262,6 +1271,9 @@ static void teardown(fa_io *io)
         io->have_driver = 0;
     }
     io->session = NULL;
+    /* Until the next Open, sends wait in the resubmit list: no link can be made
+     * without a session (a send here used to reach pn_sender(NULL)). */
+    io->opened = io->activated = 0;
     if (io->sock >= 0) { close(io->sock); io->sock = -1; }
     io->connecting = 0;
 }
@@ -1686,6 +1698,22 @@ static void activate(fa_io *io, uint64_t generation, const char *reply_address)
     fa_op *op;
     if (generation != io->generation || !io->opened || io->activated || io->closing) return;
     io->activated = 1;
+    /* Calls registered while the last connection was being lost missed fail_calls(),
+     * and their requests carry a reply address that is gone: fail them now rather
+     * than let them wait for their deadline. */
+    pthread_mutex_lock(&io->lock);
+    {
+        size_t i;
+        fa_entry *e;
+        for (i = 0; i < io->calls.nbuckets; i++)
+            for (e = io->calls.buckets[i]; e; e = e->next) {
+                fa_call *call = e->value;
+                if (call->generation < io->generation)
+                    call_fail_locked(io, call, FA_ERR_LOST,
+                                     "connection lost while the call was being sent");
+            }
+    }
+    pthread_mutex_unlock(&io->lock);
     io->reply_link = attach_receiver(io, NULL, reply_address, io->reply_credit,
                                      reply_address == NULL);
     for (sub = io->subs; sub; sub = sub->io_next) attach_sub(io, sub);

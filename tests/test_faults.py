@@ -1,0 +1,699 @@
+"""Faults injected under load, at the oslo.messaging API (issue 8, docs/reliability.md).
+
+Every test runs on both connection engines: the driver builds its connection with
+``fastamqp.engine.Connection``, which the ``engine`` fixture replaces with each class of
+tests/engines.py (under FASTAMQP_PUREPYTHON=1 only the pure-Python one exists).
+
+Casts and notifications are sent UNSETTLED (``pre_settled`` empty): a send that returned
+means the peer accepted the message. Receivers count every message by a unique id, the
+RPC server counts call executions by id, so "lost" and "executed twice" are exact.
+
+What "accepted" promises depends on the intermediary:
+* router (qdrouterd): the consumer's own outcome, end to end; nothing whose send
+  returned may be lost, and a message in flight at the crash is in doubt and resent by
+  the engine after the failover (REFERENCE §3.9 #8);
+* broker (qpidd): the broker's; the embedded broker, like qpidd with non-durable
+  messages (oslo never sets durable, §3.8), forgets its queues when it restarts. What
+  it held at the crash (measured while it is paused just before) is the most that can
+  go; every other message must arrive.
+
+Each test prints a FIGURES line (run with ``-s``) that docs/reliability.md quotes.
+"""
+import collections
+import threading
+import time
+
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+
+import fastamqp.driver
+import fastamqp.engine
+from engines import ENGINES
+from fastamqp import opts
+from fastamqp.intermediary import Intermediary
+
+pytestmark = pytest.mark.faults
+
+GROUP = "oslo_messaging_amqp"
+TIMEOUT = 10
+CALL_TIMEOUT = 5
+
+
+# ---- fixtures ---------------------------------------------------------------------
+
+@pytest.fixture(params=ENGINES)
+def engine(request, monkeypatch):
+    monkeypatch.setattr(fastamqp.engine, "Connection", request.param)
+    return request.param
+
+
+@pytest.fixture
+def first_host(monkeypatch):
+    """Every driver starts at the first host of its URL (the driver picks one at
+    random to spread clients over a mesh; separate intermediaries are no mesh)."""
+    class First:
+        @staticmethod
+        def randrange(n):
+            return 0
+    monkeypatch.setattr(fastamqp.driver, "random", First)
+
+
+@pytest.fixture
+def conf():
+    cfg.CONF.reset()
+    opts.register_opts(cfg.CONF)
+    cfg.CONF.set_override("pre_settled", [], GROUP)       # casts wait for the ack
+    cfg.CONF.set_override("link_retry_delay", 1, GROUP)
+    # A server's reply to a client that vanished with the crash waits for credit the
+    # router never gives; the default (30 s) would hold server.wait() that long.
+    cfg.CONF.set_override("default_reply_timeout", CALL_TIMEOUT, GROUP)
+    yield cfg.CONF
+    cfg.CONF.reset()
+
+
+@pytest.fixture
+def transports(conf, engine):
+    made = []
+
+    def make(url, notification=False):
+        factory = (oslo_messaging.get_notification_transport if notification
+                   else oslo_messaging.get_rpc_transport)
+        transport = factory(conf, url=url)
+        made.append(transport)
+        return transport
+    yield make
+    for transport in made:
+        transport.cleanup()
+
+
+def wait_until(predicate, timeout=TIMEOUT, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+# ---- the receiving side -----------------------------------------------------------
+
+class Counting:
+    """RPC endpoint and notification endpoint: counts by id."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.casts = collections.Counter()
+        self.calls = collections.Counter()
+        self.notes = collections.Counter()
+        self.arrivals = []           # (monotonic, kind) of every arrival
+
+    def record(self, ctxt, id):
+        with self.lock:
+            self.casts[id] += 1
+            self.arrivals.append((time.monotonic(), "cast"))
+
+    def execute(self, ctxt, id):
+        with self.lock:
+            self.calls[id] += 1
+            self.arrivals.append((time.monotonic(), "call"))
+        return id
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self.lock:
+            self.notes[payload["id"]] += 1
+            self.arrivals.append((time.monotonic(), "note"))
+
+
+class NoteEndpoint:
+    def __init__(self, counting):
+        self.info = counting.info
+
+
+class Receivers:
+    """An RPC server (topic ``faults``) and a notification listener, each on its own
+    transport, counting into one Counting."""
+
+    def __init__(self, transports, url, notify_url=None, topic="faults"):
+        self.counting = Counting()
+        rpc = transports(url)
+        self.server = oslo_messaging.get_rpc_server(
+            rpc, oslo_messaging.Target(topic=topic, server="s1"), [self.counting],
+            executor="threading")
+        note = transports(notify_url or url, notification=True)
+        self.listener = oslo_messaging.get_notification_listener(
+            note, [oslo_messaging.Target(topic="notifications")],
+            [NoteEndpoint(self.counting)], executor="threading")
+        self.server.start()
+        self.listener.start()
+
+    def stop(self):
+        for s in (self.server, self.listener):
+            s.stop()
+            s.wait()
+
+
+# ---- the sending side -------------------------------------------------------------
+
+class Stream(threading.Thread):
+    """Sends at ``rate`` per second until stopped; records what returned, what raised,
+    and when each send started and ended."""
+
+    def __init__(self, kind, send, rate, limit=None):
+        super().__init__(daemon=True, name=f"stream-{kind}")
+        self.kind = kind
+        self.send = send
+        self.rate = rate
+        self.limit = limit
+        self.ok = []                 # (id, started, ended, result)
+        self.failed = []             # (id, started, ended, exception)
+        self.halt = threading.Event()
+
+    def run(self):
+        n = 0
+        start = time.monotonic()
+        while not self.halt.is_set():
+            ident = f"{self.kind}-{n}"
+            t0 = time.monotonic()
+            try:
+                result = self.send(ident)
+            except Exception as exc:  # every outcome is recorded, none hides
+                self.failed.append((ident, t0, time.monotonic(), exc))
+            else:
+                self.ok.append((ident, t0, time.monotonic(), result))
+            n += 1
+            if self.limit is not None and n >= self.limit:
+                break
+            pause = start + n / self.rate - time.monotonic()
+            if pause > 0:
+                self.halt.wait(pause)
+
+    def stop(self):
+        self.halt.set()
+        self.join(60)
+        assert not self.is_alive(), f"{self.kind} stream is stuck in a send"
+
+    def ok_ids(self):
+        return {ident for ident, *_ in self.ok}
+
+    def longest_gap(self, around, window=3.0):
+        """The longest time without a completed send from ``around`` (the fault) to
+        ``window`` seconds later: the outage as the sender saw it."""
+        ends = sorted(e for _, _, e, _ in self.ok if around - 0.5 < e <= around + window)
+        if not ends:
+            return float("inf")
+        points = [around] + [e for e in ends if e > around]
+        return max(b - a for a, b in zip(points, points[1:])) if len(points) > 1 \
+            else float("inf")
+
+    def sent_after(self, moment):
+        return [i for i, t0, _, _ in self.ok if t0 > moment]
+
+
+def notifier(transport):
+    """What oslo's messagingv2 Notifier sends, without its catch-all: the Notifier
+    logs and swallows a failed send, and these tests must see every failure."""
+    target = oslo_messaging.Target(topic="notifications.info")
+
+    def send(ident):
+        message = {"message_id": ident, "publisher_id": "faults",
+                   "event_type": "faults.event", "priority": "INFO",
+                   "payload": {"id": ident}, "timestamp": "2026-01-01 00:00:00"}
+        transport._send_notification(target, {}, message, version=2.0)
+    return send
+
+
+def senders(transports, url, notify_url=None, topic="faults", cast_rate=500,
+            note_rate=300, calls=True):
+    rpc = transports(url)
+    client = oslo_messaging.get_rpc_client(rpc, oslo_messaging.Target(topic=topic),
+                                           timeout=CALL_TIMEOUT)
+    notify = notifier(transports(notify_url or url, notification=True))
+    streams = [
+        Stream("cast", lambda i: client.cast({}, "record", id=i), cast_rate),
+        Stream("note", notify, note_rate),
+    ]
+    if calls:
+        streams.append(Stream("call", lambda i: client.call({}, "execute", id=i), 10**6))
+    return streams
+
+
+def run_with_fault(streams, receivers, fault, before=1.5, after=3.0):
+    """Start the streams, inject ``fault()`` after ``before`` seconds, go on for
+    ``after`` seconds, stop, and wait for the receivers to catch up. Returns the
+    figures."""
+    for s in streams:
+        s.start()
+    time.sleep(before)
+    fault_at = time.monotonic()
+    extra = fault() or {}
+    time.sleep(after)
+    for s in streams:
+        s.stop()
+    c = receivers.counting
+    by_kind = {"cast": c.casts, "note": c.notes, "call": c.calls}
+
+    def caught_up():
+        with c.lock:
+            return all(s.ok_ids() <= set(by_kind[s.kind]) for s in streams)
+    wait_until(caught_up, 20)
+    time.sleep(0.5)   # a late duplicate would show now
+    figures = {"fault_at": fault_at, **extra}
+    with c.lock:
+        for s in streams:
+            got = by_kind[s.kind]
+            ok = s.ok_ids()
+            figures[s.kind] = dict(
+                sent=len(s.ok) + len(s.failed), ok=len(s.ok), failed=len(s.failed),
+                lost=len(ok - set(got)), duplicates=sum(n - 1 for n in got.values()
+                                                         if n > 1),
+                ghosts=len(set(got) - ok),      # arrived although the send raised
+                gap=round(s.longest_gap(fault_at), 2),
+                errors=collections.Counter(type(e).__name__ for *_, e in s.failed),
+                first_error=str(s.failed[0][3])[:300] if s.failed else None,
+                arrived_after_fault=len(set(s.sent_after(fault_at + 0.01)) & set(got)))
+    return figures
+
+
+def check_calls(stream):
+    """Every call returned its own id or raised, within its deadline."""
+    for ident, t0, t1, result in stream.ok:
+        assert result == ident
+        assert t1 - t0 <= CALL_TIMEOUT + 2, (ident, t1 - t0)
+    for ident, t0, t1, exc in stream.failed:
+        assert isinstance(exc, (oslo_messaging.MessagingTimeout,
+                                oslo_messaging.MessageDeliveryFailure)), repr(exc)
+        assert t1 - t0 <= CALL_TIMEOUT + 2, (ident, t1 - t0, exc)
+
+
+def report(name, figures):
+    print(f"\nFIGURES {name}: " + ", ".join(
+        f"{k}={v}" for k, v in figures.items() if k != "fault_at"))
+
+
+# ---- 1. the intermediary restarts under load -------------------------------------
+
+@pytest.mark.parametrize("mode", ["router", "broker"])
+def test_restart_under_load(mode, engine, transports, request):
+    with Intermediary(mode=mode) as im:
+        receivers = Receivers(transports, im.url)
+        assert wait_until(lambda: im.counters["links"] >= 4)
+        streams = senders(transports, im.url)
+
+        def crash():
+            # Freeze the intermediary, note what it holds, then cut everything and
+            # start again on the same port with nothing stored (a crash and restart).
+            im.faults.pause()
+            snap = im.counters
+            held = 0
+            if mode == "broker":
+                for addr, c in snap["addresses"].items():
+                    if addr.startswith("unicast.openstack."):
+                        held += c["stored"] + c["forwarded"] - c["acknowledged"]
+            started = time.monotonic()
+            im.restart()
+            return {"held_at_crash": held,
+                    "restart_took": round(time.monotonic() - started, 3)}
+        try:
+            figures = run_with_fault(streams, receivers, crash)
+            # The listeners came back by themselves: what was sent well after the
+            # restart arrived.
+            deadline = figures["fault_at"] + 0.5
+            c = receivers.counting
+            recovered = [t for t, _ in c.arrivals if t > deadline]
+            figures["first_arrival_after_restart"] = round(
+                min(recovered) - figures["fault_at"], 2) if recovered else None
+            report(f"restart[{mode}]", figures)
+        finally:
+            receivers.stop()
+    for kind in ("cast", "note"):
+        f = figures[kind]
+        assert f["arrived_after_fault"] > 0, (kind, f)
+        assert f["ghosts"] == 0, (kind, f)
+        if mode == "router":
+            assert f["lost"] == 0, (kind, f)
+        assert f["ok"] > 0.5 * f["sent"], (kind, f)
+    if mode == "broker":
+        assert figures["cast"]["lost"] + figures["note"]["lost"] <= \
+            figures["held_at_crash"], figures
+    # At most the one call in flight at the crash may run twice (it is in doubt and
+    # resent): test_a_call_in_doubt_at_a_crash_is_executed_once is the strict check.
+    assert figures["call"]["duplicates"] <= 1, figures["call"]
+    assert figures["call"]["arrived_after_fault"] > 0
+    check_calls(streams[2])
+
+
+# ---- 2. failover between two intermediaries of the URL --------------------------
+
+def test_failover_mid_stream(engine, transports, first_host, request):
+    # Two routers; every driver starts on the first. It dies mid-stream (sockets cut,
+    # port closed): all fail over to the second, the listeners re-subscribe there,
+    # and the in-doubt sends are resent there.
+    with Intermediary(mode="router") as a, Intermediary(mode="router") as b:
+        url = f"amqp://127.0.0.1:{a.port},127.0.0.1:{b.port}/"
+        receivers = Receivers(transports, url)
+        assert wait_until(lambda: a.counters["links"] >= 4)
+        streams = senders(transports, url)
+
+        def kill():
+            a.stop()
+        try:
+            figures = run_with_fault(streams, receivers, kill)
+            figures["links_on_b"] = b.counters["links"]
+            report("failover", figures)
+        finally:
+            receivers.stop()
+    for kind in ("cast", "note"):
+        f = figures[kind]
+        assert f["lost"] == 0 and f["ghosts"] == 0, (kind, f)
+        assert f["arrived_after_fault"] > 0, (kind, f)
+    assert figures["call"]["duplicates"] <= 1, figures["call"]
+    assert figures["call"]["arrived_after_fault"] > 0
+    assert figures["links_on_b"] >= 4
+    check_calls(streams[2])
+
+
+# ---- 3. heartbeat loss ----------------------------------------------------------
+
+IDLE = 2
+
+
+def test_heartbeat_loss_is_detected_within_twice_idle_timeout(engine, conf, transports,
+                                                             first_host, request):
+    # The first router stops answering (no frames, no heartbeats, socket left open):
+    # only the AMQP idle timeout can tell. The driver must give it up within
+    # 2 x idle_timeout, fail over, and serve calls through the second.
+    conf.set_override("idle_timeout", IDLE, GROUP)
+    with Intermediary(mode="router") as a, Intermediary(mode="router") as b:
+        url = f"amqp://127.0.0.1:{a.port},127.0.0.1:{b.port}/"
+        receivers = Receivers(transports, url)
+        transport = transports(url)
+        client = oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic="faults"), timeout=CALL_TIMEOUT)
+        try:
+            assert wait_until(lambda: a.counters["links"] >= 4)
+            assert client.call({}, "execute", id="before") == "before"
+            conn = transport._driver.connection()
+            time.sleep(IDLE * 1.5)          # heartbeats flow while idle: still up
+            assert conn.active and conn.peer.host.port == a.port
+            a.faults.pause()
+            paused = time.monotonic()
+            assert wait_until(lambda: not conn.active, IDLE * 3, 0.01)
+            detected = time.monotonic() - paused
+            assert wait_until(lambda: conn.active and conn.peer.host.port == b.port,
+                              TIMEOUT, 0.01)
+            reconnected = time.monotonic() - paused
+            assert client.call({}, "execute", id="after") == "after"
+            served = time.monotonic() - paused
+            report("heartbeat", {"idle_timeout": IDLE, "detected": round(detected, 2),
+                                 "reconnected": round(reconnected, 2),
+                                 "first_call_served": round(served, 2)})
+        finally:
+            a.faults.resume()
+            receivers.stop()
+    assert detected <= 2 * IDLE, detected
+
+
+# ---- 4. links detached by the peer mid-stream ----------------------------------
+
+def test_links_detached_mid_stream(engine, transports, request):
+    # The router detaches (amqp:link:detach-forced) the casts' and notifications'
+    # sender links and the server's and listener's receiver links, twice, while
+    # they carry traffic. Links come back after link_retry_delay; nothing is lost.
+    with Intermediary(mode="router") as im:
+        receivers = Receivers(transports, im.url)
+        assert wait_until(lambda: im.counters["links"] >= 4)
+        streams = senders(transports, im.url, calls=False)
+        prefixes = ["openstack.org/om/rpc/anycast/openstack/faults",
+                    "openstack.org/om/notify/anycast/openstack/notifications"]
+        closed = []
+
+        def detach():
+            for _ in range(2):
+                closed.append(sum(im.faults.close_links(p) for p in prefixes))
+                time.sleep(0.7)
+        try:
+            figures = run_with_fault(streams, receivers, detach, after=3.0)
+            figures["links_closed"] = closed
+            report("detach", figures)
+        finally:
+            receivers.stop()
+    assert closed[0] >= 4, closed        # 2 sender + 2 receiver links at least
+    for kind in ("cast", "note"):
+        f = figures[kind]
+        assert f["lost"] == 0, (kind, f)
+        assert f["arrived_after_fault"] > 0, (kind, f)
+    assert figures["cast"]["failed"] == 0, figures["cast"]
+    # A notification in flight on a detached consumer link comes back RELEASED, and
+    # the driver does not resend released notifications: the known bug that
+    # test_outcome_of_unsettled_sends[note-released] tracks (strict xfail). Any other
+    # failure is new.
+    for _, _, _, exc in streams[1].failed:
+        assert "the peer answered released" in str(exc), exc
+
+
+# ---- 5. credit withheld -----------------------------------------------------------
+
+def test_credit_withheld_then_returned(engine, conf, transports, request):
+    # The broker gives the cast and notification addresses no credit: sends end at
+    # their deadline (a cast or notification with the driver's default deadline:
+    # MessageDeliveryFailure; a call with a timeout: MessagingTimeout). Once credit
+    # returns everything sent afterwards arrives, and nothing that was reported
+    # failed arrives later.
+    conf.set_override("default_send_timeout", 5, GROUP)      # the minimum
+    conf.set_override("default_notify_timeout", 5, GROUP)
+    with Intermediary(mode="broker") as im:
+        receivers = Receivers(transports, im.url)
+        assert wait_until(lambda: im.counters["links"] >= 4)
+        rpc = transports(im.url)
+        client = oslo_messaging.get_rpc_client(
+            rpc, oslo_messaging.Target(topic="faults"), timeout=2)
+        notify = notifier(transports(im.url, notification=True))
+        for prefix in ("unicast.openstack.faults", "unicast.openstack.notifications"):
+            im.faults.withhold_credit(prefix)
+        outcomes = []
+
+        def attempt(kind, ident, fn):
+            t0 = time.monotonic()
+            try:
+                fn()
+                outcomes.append((kind, ident, None, time.monotonic() - t0))
+            except Exception as exc:
+                outcomes.append((kind, ident, exc, time.monotonic() - t0))
+        threads = []
+        for n in range(5):
+            threads += [
+                threading.Thread(target=attempt, args=(
+                    "cast", f"w-{n}", lambda n=n: client.cast({}, "record", id=f"w-{n}"))),
+                threading.Thread(target=attempt, args=(
+                    "call", f"wc-{n}", lambda n=n: client.call({}, "execute",
+                                                               id=f"wc-{n}"))),
+                threading.Thread(target=attempt, args=(
+                    "note", f"wn-{n}", lambda n=n: notify(f"wn-{n}")))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(TIMEOUT)
+            for prefix in ("unicast.openstack.faults", "unicast.openstack.notifications"):
+                im.faults.withhold_credit(prefix, False)
+            returned = time.monotonic()
+            for n in range(50):
+                client.cast({}, "record", id=f"after-{n}")
+                notify(f"after-n-{n}")
+            first = None
+            c = receivers.counting
+            assert wait_until(lambda: len([i for i in c.casts if i.startswith("after-")])
+                              == 50 and len([i for i in c.notes
+                                             if i.startswith("after-n-")]) == 50)
+            with c.lock:
+                first = min(t for t, _ in c.arrivals)
+            time.sleep(1)
+            with c.lock:
+                ghosts = [i for i in list(c.casts) + list(c.notes) + list(c.calls)
+                          if i.startswith("w")]
+            report("credit", {"withheld_sends": len(outcomes),
+                              "errors": collections.Counter(
+                                  (k, type(e).__name__) for k, _, e, _ in outcomes),
+                              "longest_wait": round(max(d for *_, d in outcomes), 2),
+                              "first_arrival_after_credit": round(first - returned, 3),
+                              "ghosts": ghosts})
+        finally:
+            receivers.stop()
+    assert len(outcomes) == 15
+    for kind, ident, exc, took in outcomes:
+        expected = (oslo_messaging.MessagingTimeout if kind == "call"
+                    else oslo_messaging.MessageDeliveryFailure)
+        assert isinstance(exc, expected), (kind, ident, exc)
+        limit = 2 if kind == "call" else 5
+        assert limit - 0.5 < took < limit + 2, (kind, ident, took)
+    assert ghosts == [], ghosts
+
+
+# ---- 6. outcomes of casts and notifications (REFERENCE §3.6) ---------------------
+# tests/test_driver_original.py::test_retransmit covers calls; these cover unsettled
+# casts and notifications.
+
+OUTCOMES = [("released", {}, True), ("modified", {}, True),
+            ("modified", {"delivery_failed": True}, False), ("rejected", {}, False)]
+OUTCOME_IDS = ["released", "modified", "modified_failed", "rejected"]
+
+
+@pytest.mark.parametrize("kind, outcome, flags, resent", [
+    pytest.param(kind, outcome, flags, resent, id=f"{kind}-{name}")
+    for kind in ("cast", "note")
+    for (outcome, flags, resent), name in zip(OUTCOMES, OUTCOME_IDS)])
+def test_outcome_of_unsettled_sends(engine, transports, kind, outcome, flags, resent, request):
+    with Intermediary(mode="broker") as im:
+        receivers = Receivers(transports, im.url)
+        assert wait_until(lambda: im.counters["links"] >= 4)
+        prefix = ("unicast.openstack.faults" if kind == "cast"
+                  else "unicast.openstack.notifications")
+        if kind == "cast":
+            client = oslo_messaging.get_rpc_client(
+                transports(im.url), oslo_messaging.Target(topic="faults"))
+            send = lambda: client.cast({}, "record", id="x")  # noqa: E731
+            got = receivers.counting.casts
+        else:
+            note = notifier(transports(im.url, notification=True))
+            send = lambda: note("x")  # noqa: E731
+            got = receivers.counting.notes
+        im.faults.set_outcome(prefix, outcome, **flags)
+        result = []
+
+        def run():
+            try:
+                result.append(send())
+            except Exception as exc:
+                result.append(exc)
+        sender = threading.Thread(target=run)
+        sender.start()
+        counter = "modified" if outcome == "modified" else outcome
+        try:
+            if resent:
+                # Refused twice, resent after link_retry_delay each time; then let in.
+                assert wait_until(lambda: im.counters[counter] >= 2, 4)
+                im.faults.set_outcome(prefix, None)
+                sender.join(TIMEOUT)
+                assert result == [None]
+                assert wait_until(lambda: got["x"] >= 1)
+                time.sleep(0.3)
+                assert got["x"] == 1
+            else:
+                sender.join(TIMEOUT)
+                assert isinstance(result[0], oslo_messaging.MessageDeliveryFailure), \
+                    result
+                assert outcome in str(result[0])
+                time.sleep(0.5)
+                assert im.counters[counter] == 1 and got["x"] == 0   # never resent
+        finally:
+            im.faults.set_outcome(prefix, None)
+            receivers.stop()
+
+
+# ---- 7. a call in doubt at a crash --------------------------------------------------
+
+def test_a_call_in_doubt_at_a_crash_is_executed_once(engine, transports, request):
+    with Intermediary(mode="router") as im:
+        server_transport = transports(im.url)
+        listener = server_transport._driver.listen(
+            oslo_messaging.Target(topic="doubt", server="s1"), None, None
+        )._poll_style_listener
+        client = oslo_messaging.get_rpc_client(
+            transports(im.url), oslo_messaging.Target(topic="doubt"), timeout=8)
+        assert wait_until(lambda: im.counters["links"] >= 3)
+        executed = []
+        result = []
+
+        def call():
+            try:
+                result.append(client.call({}, "execute", id="once"))
+            except Exception as exc:
+                result.append(exc)
+        caller = threading.Thread(target=call)
+        caller.start()
+        try:
+            # The server takes the request (it executes it) but its acknowledgement
+            # has not reached the client when the intermediary drops every connection.
+            first = listener.poll(timeout=TIMEOUT)
+            assert first, "the call never arrived"
+            executed.append(first[0].message["args"]["id"])
+            im.faults.drop_connections()
+            # After the reconnection: whatever arrives now is executed as well.
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                for msg in listener.poll(timeout=0.2):
+                    msg.acknowledge()
+                    executed.append(msg.message["args"]["id"])
+                    msg.reply(reply=msg.message["args"]["id"])
+            caller.join(TIMEOUT)
+        finally:
+            listener.stop()
+        assert executed == ["once"], f"executed {len(executed)} times: {result}"
+
+
+# ---- 8. a reply sent while the connection is down ----------------------------------
+
+REPLY_WHILE_DOWN = r'''
+import sys, threading, time
+import oslo_messaging
+from oslo_config import cfg
+import fastamqp.engine
+from fastamqp import opts
+from fastamqp.intermediary import Intermediary
+from engines import ENGINES
+fastamqp.engine.Connection = [p.values[0] for p in ENGINES if p.id == sys.argv[1]][0]
+cfg.CONF([], project="reply-while-down")
+opts.register_opts(cfg.CONF)
+cfg.CONF.set_override("connection_retry_interval", 5, "oslo_messaging_amqp")
+cfg.CONF.set_override("default_reply_timeout", 5, "oslo_messaging_amqp")
+im = Intermediary(mode="router").start()
+replied = threading.Event()
+
+class Endpoint:
+    def slow(self, ctxt):
+        time.sleep(1.0)          # the intermediary dies meanwhile
+        return "late"
+
+transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=im.url)
+server = oslo_messaging.get_rpc_server(
+    transport, oslo_messaging.Target(topic="down", server="s1"), [Endpoint()],
+    executor="threading")
+server.start()
+client = oslo_messaging.get_rpc_client(
+    oslo_messaging.get_rpc_transport(cfg.CONF, url=im.url),
+    oslo_messaging.Target(topic="down"), timeout=3)
+time.sleep(0.5)
+def call():
+    try:
+        client.call({}, "slow")
+    except oslo_messaging.MessagingException:
+        pass                     # the call may fail; the process must live
+caller = threading.Thread(target=call, daemon=True)
+caller.start()
+time.sleep(0.5)
+im.stop()                        # the server's reply goes out on a lost connection
+time.sleep(3)
+server.stop()
+server.wait()
+print("survived", flush=True)
+'''
+
+
+def test_a_reply_sent_while_the_connection_is_down_does_not_crash(engine, request):
+    # The RPC server replies (IncomingMessage.reply -> Connection.send, which does not
+    # wait for the connection) after the intermediary died and before the engine's
+    # reconnect attempt (connection_retry_interval). Run in a child process: a crash
+    # must not take the test run with it.
+    import os
+    import subprocess
+    import sys
+    engine_id = "c" if engine.__module__ == "fastamqp._cengine" else "python"
+    here = os.path.dirname(os.path.abspath(__file__))
+    # The tests directory only: the fastamqp under test is the one this run imports.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", REPLY_WHILE_DOWN, engine_id],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=here)
+    assert proc.returncode == 0 and "survived" in proc.stdout, (
+        proc.returncode, proc.stderr[-2000:])
