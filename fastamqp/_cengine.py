@@ -236,12 +236,13 @@ class Connection(ControlPlane):
         self._engine.join(0 if self._green else 1.0)
 
     # ---- operations (any thread) ---------------------------------------------------
-    def send(self, address, payload, *, presettled, deadline, retry=None):
+    def send(self, address, payload, *, presettled, deadline, retry=None,
+             in_doubt_resend=True):
         self._fork_guard()
         if self._stopped.is_set():
             raise exceptions.EngineClosed("the connection was closed")
         op = self._engine.send(address, payload, presettled, deadline,
-                               -1 if retry is None or retry < 0 else retry)
+                               -1 if retry is None or retry < 0 else retry, in_doubt_resend)
         waiter = _Waiter(self, op)
         # One second past the deadline, the I/O thread would be stuck: never hang.
         limit = max(deadline, time.monotonic()) + 1.0

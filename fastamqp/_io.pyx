@@ -95,7 +95,7 @@ cdef extern from "fa_io.h" nogil:
     int fa_io_active(fa_io *io)
 
     fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
-                     int presettled, double deadline, int retry)
+                     int presettled, double deadline, int retry, int in_doubt_resend)
     void fa_io_send(fa_io *io, fa_op *op)
     uint64_t fa_op_id(fa_op *op)
     uint64_t fa_op_result(fa_io *io, fa_op *op, fa_result *out)
@@ -284,12 +284,12 @@ cdef class Engine:
         return bool(fa_io_active(self.io))
 
     def send(self, str address, bytes payload, bint presettled, double deadline,
-             int retry):
+             int retry, bint in_doubt_resend=True):
         cdef Op op = Op.__new__(Op)
         encoded = address.encode("utf-8")
         op.engine = self
         op.op = fa_op_new(self.io, encoded, payload, len(payload), presettled, deadline,
-                          retry)
+                          retry, in_doubt_resend)
         fa_io_send(self.io, op.op)
         return op
 

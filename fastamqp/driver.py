@@ -313,13 +313,8 @@ class ProtonDriver(base.BaseDriver):
                                                    timeout=timeout,
                                                    serializer=self.serializer)
                     presettled = "rpc-cast" in self.pre_settled
-                # A call's request is never resent by the engine once it may have
-                # reached the server (in doubt at a connection loss): its reply route
-                # is gone with the connection anyway, and a resend could run the
-                # method twice. Casts are resent (at least once, REFERENCE §3.9 #8).
                 result = self._send_once(conn, address, payload, presettled, deadline,
-                                         0 if wait_for_reply else retry, at_least_once,
-                                         wait_for_reply, target)
+                                         retry, at_least_once, wait_for_reply, target)
                 if result is not None and result.outcome is not Outcome.ACCEPTED:
                     if self._resend(result, address, budget, deadline, at_least_once,
                                     target):
@@ -350,14 +345,19 @@ class ProtonDriver(base.BaseDriver):
                    at_least_once, wait_for_reply, target):
         """One conn.send(); None when a call's request went out but its outcome is
         still unknown (the reply decides)."""
+        # A call's request is not resent by the engine once it may have reached the
+        # server (in doubt at a connection loss): its reply route is gone with the
+        # connection anyway, and a resend could run the method twice. Casts are
+        # (at least once, REFERENCE §3.9 #8).
+        in_doubt_resend = not wait_for_reply
         if not at_least_once:
             return conn.send(address, payload, presettled=presettled, deadline=deadline,
-                             retry=retry)
+                             retry=retry, in_doubt_resend=in_doubt_resend)
         # at_least_once: no credit within AT_LEAST_ONCE_CREDIT_WAIT means no consumer.
         short = min(deadline, time.monotonic() + AT_LEAST_ONCE_CREDIT_WAIT)
         try:
             return conn.send(address, payload, presettled=presettled, deadline=short,
-                             retry=retry)
+                             retry=retry, in_doubt_resend=in_doubt_resend)
         except exceptions.SendTimeout as exc:
             if exc.no_credit:
                 raise oslo_messaging.MessageUndeliverable(

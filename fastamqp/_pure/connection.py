@@ -63,7 +63,8 @@ class _Encoded:
 class _Send:
     """One send() call, alive until it has a result or an error."""
 
-    def __init__(self, address, payload, presettled, deadline, retry):
+    def __init__(self, address, payload, presettled, deadline, retry, in_doubt_resend=True):
+        self.in_doubt_resend = in_doubt_resend
         self.address = address
         self.payload = payload
         self.presettled = presettled
@@ -446,10 +447,11 @@ class Connection(ControlPlane):
         self._thread.join(timeout)
 
     # ---- operations (any thread) ----------------------------------------------
-    def send(self, address, payload, *, presettled, deadline, retry=None):
+    def send(self, address, payload, *, presettled, deadline, retry=None,
+             in_doubt_resend=True):
         if self._stopped.is_set() or self._closing:
             raise exceptions.EngineClosed("the connection was closed")
-        send = _Send(address, payload, presettled, deadline, retry)
+        send = _Send(address, payload, presettled, deadline, retry, in_doubt_resend)
         self._call_soon(lambda: self._submit(send))
         send.done.wait(max(0.0, deadline - time.monotonic()) + 1.0)
         if not send.done.is_set():  # the I/O thread is stuck: never hang the caller
@@ -687,7 +689,7 @@ class Connection(ControlPlane):
             # Sends that never left (no credit yet) are not in doubt: they wait.
             self._resubmit.extend(s for s in sender.waiting if not s.done.is_set())
             for send in list(sender.in_flight.values()):
-                if send.may_retry():
+                if send.in_doubt_resend and send.may_retry():
                     self._resubmit.append(send)
                 else:
                     send.finish(error=exceptions.SendFailure(
@@ -695,7 +697,7 @@ class Connection(ControlPlane):
                         f"{send.address}, and its retries are spent"))
         # Pre-settled sends handed to the transport but perhaps not to the socket.
         for send in self._written:
-            if send.may_retry():
+            if send.in_doubt_resend and send.may_retry():
                 self._resubmit.append(send)
             else:
                 send.finish(error=exceptions.SendFailure(

@@ -218,6 +218,7 @@ struct fa_op {
     int presettled;
     double deadline;
     int retries_left;                 /* -1: no limit */
+    int in_doubt_resend;              /* 0: fail, not resend, when in doubt (calls) */
     /* shared, under io->lock */
     fa_result res;
     uint64_t seq;
@@ -557,7 +558,7 @@ static void heap_remove(fa_io *io, fa_op *op)
 /* ---- ops ------------------------------------------------------------------------ */
 
 fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
-                 int presettled, double deadline, int retry)
+                 int presettled, double deadline, int retry, int in_doubt_resend)
 {
     fa_op *op = calloc(1, sizeof *op);
     LIVE_ADD(FA_LIVE_OP, 1);
@@ -570,6 +571,7 @@ fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t siz
     op->presettled = presettled;
     op->deadline = deadline;
     op->retries_left = retry < 0 ? -1 : retry;
+    op->in_doubt_resend = in_doubt_resend;
     op->heap_idx = SIZE_MAX;
     init_cond(&op->cond);
     return op;
@@ -1241,7 +1243,7 @@ static void free_sender_cb(void *arg, void *value)
     while ((op = list_pop(&s->inflight))) {
         op->delivery = NULL;
         if (op_is_done(io, op)) { op_release(io, op); continue; }
-        if (op_may_retry(op)) list_push(&io->resubmit, op);
+        if (op->in_doubt_resend && op_may_retry(op)) list_push(&io->resubmit, op);
         else op_fail(io, op, FA_ERR_SEND_FAILURE,
                      "connection lost before the peer settled the message to %s, and "
                      "its retries are spent", op->address);
@@ -1255,7 +1257,7 @@ static void requeue_written(fa_io *io, oplist *l)
     fa_op *op;
     while ((op = list_pop(l))) {
         if (op_is_done(io, op)) { op_release(io, op); continue; }
-        if (op_may_retry(op)) list_push(&io->resubmit, op);
+        if (op->in_doubt_resend && op_may_retry(op)) list_push(&io->resubmit, op);
         else op_fail(io, op, FA_ERR_SEND_FAILURE,
                      "connection lost while writing the message to %s", op->address);
     }

@@ -112,7 +112,7 @@ double fa_monotonic(void);
 
 /* sends */
 fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
-                 int presettled, double deadline, int retry);
+                 int presettled, double deadline, int retry, int in_doubt_resend);
 void fa_io_send(fa_io *io, fa_op *op);
 uint64_t fa_op_id(fa_op *op);
 uint64_t fa_op_result(fa_io *io, fa_op *op, fa_result *out);   /* returns seq */
