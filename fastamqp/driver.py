@@ -159,6 +159,7 @@ class Listener(base.PollStyleListener):
         super().__init__(prefetch_size)
         self.driver = driver
         self._subscription = subscription
+        self._halted = threading.Event()     # oslo called stop() or cleanup()
 
     @base.batch_poll_helper
     def poll(self, timeout=None):
@@ -167,6 +168,13 @@ class Listener(base.PollStyleListener):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             batch = self._subscription.poll(1, left)
             if not batch:
+                left = None if deadline is None else deadline - time.monotonic()
+                if not self._halted.is_set() and (left is None or left > 0):
+                    # The engine stopped the subscription under a running listener
+                    # (its connection was closed, or its I/O thread died): an empty
+                    # answer before the deadline would make oslo's poll loop spin a
+                    # core. Nothing more can arrive; wait for stop() or the deadline.
+                    self._halted.wait(left)
                 return None
             delivery = batch[0]
             try:
@@ -187,9 +195,11 @@ class Listener(base.PollStyleListener):
     def stop(self):
         # Detach the links: a stopped server must not hold messages or credit
         # (REFERENCE §3.9 #4).
+        self._halted.set()
         self._subscription.close()
 
     def cleanup(self):
+        self._halted.set()
         self._subscription.close()
 
 

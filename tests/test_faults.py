@@ -444,10 +444,9 @@ def test_links_detached_mid_stream(engine, transports, request):
         assert f["lost"] == 0, (kind, f)
         assert f["arrived_after_fault"] > 0, (kind, f)
     assert figures["cast"]["failed"] == 0, figures["cast"]
-    # A notification in flight on a detached consumer link comes back RELEASED, and
-    # the driver does not resend released notifications: the known bug that
-    # test_outcome_of_unsettled_sends[note-released] tracks (strict xfail). Any other
-    # failure is new.
+    # A notification in flight on a detached consumer link comes back RELEASED; the
+    # driver resends it, and a resend that meets the detach again within its retry
+    # budget fails with this text. Any other failure is new.
     for _, _, _, exc in streams[1].failed:
         assert "the peer answered released" in str(exc), exc
 
@@ -630,6 +629,36 @@ def test_a_call_in_doubt_at_a_crash_is_executed_once(engine, transports, request
         finally:
             listener.stop()
         assert executed == ["once"], f"executed {len(executed)} times: {result}"
+
+
+def test_a_listener_whose_engine_stopped_does_not_spin(engine, transports, request):
+    # The engine stops every subscription when its connection is closed or its I/O
+    # thread dies; oslo's poll loop then calls poll() again at once, forever, until the
+    # server is stopped: poll() must block, not answer "nothing" at once.
+    with Intermediary(mode="router") as im:
+        transport = transports(im.url)
+        server = oslo_messaging.get_rpc_server(
+            transport, oslo_messaging.Target(topic="halt", server="s1"), [Counting()],
+            executor="threading")
+        server.start()
+        try:
+            assert wait_until(lambda: im.counters["links"] >= 3)
+            polls = []
+            subscription = server.listener._poll_style_listener._subscription
+            real_poll = subscription.poll
+
+            def counting_poll(*args):
+                polls.append(time.monotonic())
+                return real_poll(*args)
+            subscription.poll = counting_poll
+            transport._driver._connection.close()
+            time.sleep(1.0)
+            assert len(polls) < 20, f"{len(polls)} polls in one second: the loop spins"
+        finally:
+            started = time.monotonic()
+            server.stop()
+            server.wait()
+        assert time.monotonic() - started < 5, "stop() waited for the poll to time out"
 
 
 # ---- 8. a reply sent while the connection is down ----------------------------------

@@ -285,11 +285,10 @@ class MalformedCounter(logging.Handler):
             self.rejections += 1
 
 
-def run_fuzz(transports, count, seed, batch=BATCH, oversized=OVERSIZED, progress=None,
-             skip=()):
+def run_fuzz(transports, count, seed, batch=BATCH, oversized=OVERSIZED, progress=None):
     """Returns the figures; asserts as it goes."""
     rng = random.Random(seed)
-    kinds = [k for k in poison_kinds(rng) if k[0] not in skip]
+    kinds = poison_kinds(rng)
     counter = MalformedCounter()
     logging.getLogger("fastamqp.driver").addHandler(counter)
     level = logging.getLogger("fastamqp.driver").level
@@ -332,9 +331,16 @@ def run_fuzz(transports, count, seed, batch=BATCH, oversized=OVERSIZED, progress
                                      inferred=True)
                         items.append((RPC_ADDRESS, big))
                         meta.append(("oversized", REJECT))
-                    outcomes = RawSender(im.url, items, timeout=10 + n / 200).run()
-                    assert len(outcomes) == len(items), (
-                        f"{len(items) - len(outcomes)} messages got no outcome")
+                    sender = RawSender(im.url, items, timeout=10 + n / 200)
+                    outcomes = sender.run()
+                    if len(outcomes) != len(items):
+                        missing = [i for i in range(len(items)) if i not in outcomes]
+                        by = collections.Counter(
+                            (items[i][0].rsplit("/", 1)[-1], meta[i][0]) for i in missing)
+                        raise AssertionError(
+                            f"{len(missing)} messages got no outcome "
+                            f"(sender error: {sender.error}); missing by (address, kind): "
+                            f"{dict(by)}; intermediary: {im.counters}")
                     for index, (name, expect) in enumerate(meta):
                         got = outcomes[index]
                         figures["by_outcome"][got] += 1
@@ -367,62 +373,33 @@ def run_fuzz(transports, count, seed, batch=BATCH, oversized=OVERSIZED, progress
     return figures
 
 
-# What kills the pure-Python engine's I/O thread: pyngus decodes every transfer with
-# proton.Message.decode() on the I/O thread, before fastamqp sees the bytes, and an
-# exception there ends the thread ("fastamqp I/O thread crashed"); the connection is
-# never restored, so the server and the listener stop serving for good. Also, the pure
-# engine hands the driver proton's re-encoding of what pyngus decoded, which drops the
-# bytes proton's lenient decoder ignores (trailing garbage, a truncated tail), so the
-# codec's strict checks never see them. (Random bytes, truncated messages and sections
-# out of order are survived and rejected by the pure engine too.) Those kinds are left out of the pure engine's
-# general run and each has its own strict xfail below.
-PURE_ENGINE_CRASHERS = {
-    "empty": "a 0-byte transfer: pyngus passes recv()'s None to Message.decode: TypeError",
-    "invalid-utf8-value": "an amqp-value string that is not UTF-8: UnicodeDecodeError "
-                          "in proton's Data.get_string",
-    "mutated": "a mutated message often holds invalid UTF-8 in its JSON string",
-    "trailing-garbage": "trailing bytes dropped by proton's lenient decode and "
-                        "re-encode, so the message is accepted instead of rejected",
-}
+# The kinds that used to kill the pure-Python engine's I/O thread, when pyngus decoded
+# every transfer with proton.Message.decode() before fastamqp saw the bytes (and handed
+# on proton's re-encoding, which dropped trailing garbage). The engine now takes the raw
+# bytes (fastamqp/_pure/connection.py: _receive_raw); each kind keeps its own test.
+ONCE_FATAL_KINDS = ("empty", "invalid-utf8-value", "mutated", "trailing-garbage")
 
 
-def test_poison_messages_from_the_wire_are_rejected(engine, transports, request):
-    if engine.__module__ != "fastamqp._cengine":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "pure-Python engine bug: even without the kinds above, its I/O thread "
-            "crashes during the run: _Subscription._settle() "
-            "(fastamqp/_pure/connection.py) reads link.closed on a pyngus "
-            "ReceiverLink already destroyed (pyngus link.py 'closed': "
-            "self._pn_link is None -> AttributeError), and the thread is not restarted, "
-            "so later messages get no outcome and the server stops serving")))
+def test_poison_messages_from_the_wire_are_rejected(engine, transports):
     seed = int(os.environ.get("FASTAMQP_FUZZ_WIRE_SEED") or random.randrange(2**32))
-    pure = engine.__module__ != "fastamqp._cengine"
 
     def progress(f):
         if COUNT > 10 * BATCH:       # long runs (scripts/fuzz-wire) report as they go
             print(f"progress: sent={f['sent']} outcomes={dict(f['by_outcome'])} "
                   f"seed={seed}", flush=True)
-    # The pure engine is known to fail (above): a short run shows it in CI.
-    count = min(COUNT, 1000) if pure and COUNT <= 10 * BATCH else COUNT
-    figures = run_fuzz(transports, count, seed, progress=progress,
-                       skip=PURE_ENGINE_CRASHERS if pure else ())
+    figures = run_fuzz(transports, COUNT, seed, progress=progress)
     print(f"\nFIGURES wire-fuzz: engine={engine.__module__} seed={seed} "
           f"sent={figures['sent']} outcomes={dict(figures['by_outcome'])} "
           f"logged_rejections={figures['logged_rejections']} "
           f"kinds={len(figures['by_kind'])} seconds={figures['seconds']}")
     assert figures["by_outcome"]["modified"] == 0
-    if count >= 1000:
-        assert len(figures["by_kind"]) >= len(poison_kinds(random.Random(0))) - (
-            len(PURE_ENGINE_CRASHERS) if pure else 0)
+    if COUNT >= 1000:
+        assert len(figures["by_kind"]) >= len(poison_kinds(random.Random(0)))
 
 
-@pytest.mark.parametrize("kind", sorted(PURE_ENGINE_CRASHERS))
-def test_one_poison_message_does_not_stop_the_server(engine, transports, kind, request):
+@pytest.mark.parametrize("kind", ONCE_FATAL_KINDS)
+def test_one_poison_message_does_not_stop_the_server(engine, transports, kind):
     # One message of ``kind`` (several for the random kinds), then a good call.
-    if engine.__module__ != "fastamqp._cengine":
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=(
-            "pure-Python engine bug (fastamqp/_pure/connection.py on pyngus): "
-            + PURE_ENGINE_CRASHERS[kind])))
     rng = random.Random(1234)
     make = {k[0]: k for k in poison_kinds(rng)}[kind]
     with Intermediary(mode="router") as im:

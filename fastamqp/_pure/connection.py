@@ -228,6 +228,34 @@ class _ReplyWaiter:
         self._engine._calls.pop(self.message_id, None)
 
 
+def _receive_raw(link):
+    """Make pyngus hand this receiver's messages over as the raw bytes of the
+    transfer, instead of a ``proton.Message`` it decoded on the I/O thread.
+
+    pyngus 2.3 (link.py, ``_ReceiverLink._process_delivery``) decodes every transfer
+    with ``proton.Message.decode`` before calling the handler, and raises out of the
+    I/O loop on a message it cannot decode (a 0-byte transfer, an amqp-value string
+    that is not UTF-8): one poison message from the wire killed the connection. Its
+    lenient decoder also drops trailing garbage, which the codec must see to reject
+    the message. The driver decodes the bytes itself (fastamqp.codec), as the C engine
+    does, so the decode and re-encode were also wasted work. This replaces the method
+    on the instance and keeps pyngus's own bookkeeping (handle, unsettled map)."""
+    pn_link = link._pn_link
+
+    def process_delivery(pn_delivery):
+        if not pn_delivery.readable or pn_delivery.partial:
+            return
+        data = pn_link.recv(pn_delivery.pending) or b""
+        pn_link.advance()
+        handle = "rmsg-%s:%x" % (link._name, link._next_handle)
+        link._next_handle += 1
+        link._unsettled_deliveries[handle] = pn_delivery
+        with link._callback_lock:
+            link._handler.message_received(link, bytes(data), handle)
+    link._process_delivery = process_delivery
+    return link
+
+
 class _ReplyLink:
     """The shared receiver with a dynamic source on which replies arrive."""
 
@@ -242,9 +270,9 @@ class _ReplyLink:
         source = self.engine._settings.reply_source
         named = source(self.engine.peer) if source is not None else None
         # No source address: pyngus asks the peer for a dynamic source.
-        self.link = pyngus_conn.create_receiver(named or "rpc-response",
-                                                source_address=named,
-                                                event_handler=self, name=name)
+        self.link = _receive_raw(pyngus_conn.create_receiver(
+            named or "rpc-response", source_address=named, event_handler=self,
+            name=name))
         if named is None:
             # RabbitMQ 4.1+ makes a temporary queue only for a dynamic source with
             # this capability; qdrouterd and qpidd ignore ones they do not know.
@@ -268,7 +296,17 @@ class _ReplyLink:
     def receiver_failed(self, link, error):
         self.engine._connection_lost(f"reply link failed: {error}")
 
-    def message_received(self, link, message, handle):
+    def message_received(self, link, data, handle):
+        message = proton.Message()
+        try:
+            message.decode(data)
+        except Exception as exc:
+            # Not a message at all (the driver never sees it): refuse it, as the C
+            # engine does, and keep the connection.
+            LOG.error("rejecting an undecodable message on the reply link: %s", exc)
+            link.message_rejected(handle)
+            self._top_up(link)
+            return
         waiter = self.engine._calls.get(message.correlation_id)
         if waiter is None:
             # A late reply (its caller gave up) or one for another client: tell the
@@ -280,8 +318,11 @@ class _ReplyLink:
             waiter.heartbeat()
             link.message_accepted(handle)
         else:
-            waiter.deliver(bytes(message.encode()))
+            waiter.deliver(data)
             link.message_accepted(handle)
+        self._top_up(link)
+
+    def _top_up(self, link):
         if link.capacity <= (self.credit + 1) // 2:
             link.add_capacity(self.credit - link.capacity)
 
@@ -308,8 +349,8 @@ class _Subscription:
             self.addresses = list(self._address_source(self.engine.peer))
         for address in self.addresses:
             name = f"fastamqp/receiver/[{address}]/{next(self.engine._ids)}"
-            link = pyngus_conn.create_receiver(address, address, event_handler=self,
-                                               name=name)
+            link = _receive_raw(pyngus_conn.create_receiver(
+                address, address, event_handler=self, name=name))
             link.user_context = address
             link.add_capacity(self.credit)
             link.open()
@@ -330,8 +371,8 @@ class _Subscription:
     def receiver_failed(self, link, error):
         self.engine._receiver_lost(self, link.user_context)
 
-    def message_received(self, link, message, handle):
-        delivery = Delivery(bytes(message.encode()), link.user_context,
+    def message_received(self, link, data, handle):
+        delivery = Delivery(data, link.user_context,
                             (self.engine._generation, link, handle))
         with self._cond:
             self._queue.append(delivery)
@@ -359,8 +400,10 @@ class _Subscription:
 
     def _settle(self, delivery, outcome):
         generation, link, handle = delivery.token
-        if generation != self.engine._generation or link.closed:
-            return  # its connection is gone: the peer has already released it
+        # A destroyed pyngus link has no Proton link any more (its ``closed`` raises).
+        if (generation != self.engine._generation or link._pn_link is None
+                or link.closed):
+            return  # its link or connection is gone: the peer has already released it
         if outcome is Outcome.ACCEPTED:
             link.message_accepted(handle)
         elif outcome is Outcome.RELEASED:
@@ -390,8 +433,10 @@ class _Subscription:
                 link.close()
             self.links.clear()
             done.set()
-        self.engine._call_soon(detach)
-        done.wait(5)
+        if self.engine._call_soon(detach):
+            done.wait(5)
+        else:
+            self.closed = True   # the I/O thread has ended: no links left to detach
 
 
 class Connection(ControlPlane):
@@ -406,6 +451,7 @@ class Connection(ControlPlane):
         os.set_blocking(self._wake_w, False)
         self._wake_lock = threading.Lock()
         self._wake_pending = False
+        self._ended = False          # the I/O thread is gone and its pipe closed
         self._container = pyngus.Container(settings.container_id)
         self._thread = None
         self._closing = False
@@ -452,7 +498,8 @@ class Connection(ControlPlane):
         if self._stopped.is_set() or self._closing:
             raise exceptions.EngineClosed("the connection was closed")
         send = _Send(address, payload, presettled, deadline, retry, in_doubt_resend)
-        self._call_soon(lambda: self._submit(send))
+        if not self._call_soon(lambda: self._submit(send)):
+            raise exceptions.EngineClosed("the connection's I/O thread has ended")
         send.done.wait(max(0.0, deadline - time.monotonic()) + 1.0)
         if not send.done.is_set():  # the I/O thread is stuck: never hang the caller
             send.finish(error=exceptions.SendTimeout(f"send to {address} timed out"))
@@ -479,23 +526,32 @@ class Connection(ControlPlane):
             if self._pconn is not None and self._active.is_set():
                 sub.attach(self._pconn)
             attached.set()
-        self._call_soon(add)
-        attached.wait(5)
+        if self._call_soon(add):
+            attached.wait(5)
+        else:
+            sub.stop()      # its connection is gone: nothing will ever arrive
         return sub
 
     # ---- the I/O thread -------------------------------------------------------
     def _call_soon(self, fn):
-        self._commands.append(fn)
+        """Queue ``fn`` for the I/O thread; False if that thread has ended (its
+        pipe is closed: nothing will ever run ``fn``)."""
         # One wake-up byte in the pipe at most: under eventlet a write to a full pipe
         # waits, and two green threads waiting to write the same pipe is an error.
+        # The write stays under the lock so that the I/O thread cannot close the pipe
+        # between the check and the write (EBADF, or a write to a reused descriptor).
         with self._wake_lock:
+            if self._ended:
+                return False
+            self._commands.append(fn)
             if self._wake_pending:
-                return
+                return True
             self._wake_pending = True
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
+        return True
 
     def _later(self, delay, fn):
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
@@ -513,8 +569,10 @@ class Connection(ControlPlane):
             self._fail_everything(exceptions.EngineClosed("the I/O thread crashed"))
         finally:
             self._teardown_socket()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            with self._wake_lock:
+                self._ended = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
 
     def _loop_once(self):
         now = time.monotonic()
@@ -785,8 +843,8 @@ class Connection(ControlPlane):
             if sub.closed or self._pconn is None or not self._active.is_set():
                 return
             name = f"fastamqp/receiver/[{address}]/{next(self._ids)}"
-            new = self._pconn.create_receiver(address, address, event_handler=sub,
-                                              name=name)
+            new = _receive_raw(self._pconn.create_receiver(
+                address, address, event_handler=sub, name=name))
             new.user_context = address
             new.add_capacity(sub.credit)
             new.open()
