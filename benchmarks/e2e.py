@@ -197,11 +197,12 @@ class Worker:
 class Intermediary:
     """``python -m fastamqp.intermediary --mode MODE`` in its own process."""
 
-    def __init__(self, mode, env):
+    def __init__(self, mode, env, engine="python"):
         self.mode = mode
         self.proc = subprocess.Popen(
             [VENV_PY, "-m", "fastamqp.intermediary", "--mode", mode, "--listen",
-             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+             "127.0.0.1:0", "--engine", engine],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             text=True, cwd=tempfile.gettempdir(), preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
         self.port = None
@@ -583,9 +584,11 @@ def parse_args(argv=None):
                     "(default 2, --quick 1)")
     ap.add_argument("--threads", type=int, default=10)
     ap.add_argument("--fanout-via", choices=("broker", "router"), default="broker",
-                    help="intermediary for the amqp drivers' fanout (default broker: the "
-                         "embedded router never tops up a multicast sender's credit, so "
-                         "fanout through it stalls after 250 messages)")
+                    help="intermediary for the amqp drivers' fanout (default broker, "
+                         "as the earlier published runs)")
+    ap.add_argument("--intermediary", choices=("python", "c"), default="python",
+                    help="the embedded intermediary's implementation: python (the full "
+                         "one, default) or c (the C relay, docs/relay.md)")
     ap.add_argument("--max-messages", type=int,
                     help="cap on casts/notifications per phase (default 20000, "
                          "--quick 3000)")
@@ -638,7 +641,8 @@ def main(argv=None):
         "python": sys.version.split()[0], "fastamqp_git_head": _git_head(),
         "payload_bytes": 1024, "duration_s": a.duration, "repeat": a.repeat,
         "threads": a.threads, "max_messages": a.max_messages, "grace_s": a.grace,
-        "quick": a.quick, "fanout_via": a.fanout_via, "drivers": a.drivers, "workloads": a.workloads}
+        "quick": a.quick, "fanout_via": a.fanout_via, "intermediary": a.intermediary,
+        "drivers": a.drivers, "workloads": a.workloads}
     if a.profile:
         sys.path.insert(0, HERE)
         import e2e_profile
@@ -659,8 +663,8 @@ def main(argv=None):
     try:
         ienv = _env_fastamqp(pure=False)
         if any(d in a.drivers for d in ("c", "python", "orig")):
-            router = Intermediary("router", ienv)
-            broker = Intermediary("broker", ienv)
+            router = Intermediary("router", ienv, a.intermediary)
+            broker = Intermediary("broker", ienv, a.intermediary)
             print("e2e: router pid %d %s, broker pid %d %s"
                   % (router.pid, router.url, broker.pid, broker.url), flush=True)
         if any(d in a.drivers for d in ("rabbit", "c-rabbit")):

@@ -505,14 +505,14 @@ class Proc:
 
 
 class IntermediaryProc:
-    def __init__(self, mode, profile=None):
+    def __init__(self, mode, profile=None, engine="python"):
         self.mode = mode
         argv = [sys.executable]
         if profile:
             argv += ["-c", _PROFILED_INTERMEDIARY, profile]
         else:
             argv += ["-m", "fastamqp.intermediary"]
-        argv += ["--mode", mode, "--listen", "127.0.0.1:0"]
+        argv += ["--mode", mode, "--listen", "127.0.0.1:0", "--engine", engine]
         # cwd outside the tree: the child imports the same fastamqp as we do (PYTHONPATH)
         self.p = Proc(argv, env=_child_env(), stdin=False, cwd=tempfile.gettempdir())
         end = time.monotonic() + 20
@@ -797,7 +797,8 @@ class Bench:
         counters = {}
         for mode in modes:
             im = IntermediaryProc(mode, profile=(a.profile_intermediary + "." + mode)
-                                  if a.profile_intermediary else None)
+                                  if a.profile_intermediary else None,
+                                  engine=a.intermediary)
             print("intermediary (%s) pid %d on 127.0.0.1:%d"
                   % (mode, im.p.pid, im.port), flush=True)
             try:
@@ -1031,6 +1032,9 @@ def parse_args(argv=None):
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--profile-intermediary", metavar="FILE",
                     help="profile the intermediary with yappi into FILE.<mode>")
+    ap.add_argument("--intermediary", choices=("python", "c"), default="python",
+                    help="the intermediary's implementation: python (default) or c "
+                         "(the C relay, docs/relay.md)")
     # worker mode (internal)
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)

@@ -6,7 +6,9 @@ broker for notifications (as qpidd would be), the "hybrid" layout of the deploym
 guide -- then runs an oslo RPC server and client and a notifier and listener, and
 prints what happened and how fast, for each engine side by side. Each engine runs in a
 child process (``FASTAMQP_PUREPYTHON=1`` for the pure-Python one) so that they do not
-share anything.
+share anything but the intermediary: the C relay (docs/relay.md) when it is built, so
+that the figures measure the driver rather than the intermediary, else the pure-Python
+one.
 """
 import argparse
 import importlib.util
@@ -57,96 +59,114 @@ class _Notifications:
                 self.done.set()
 
 
-def run_one(calls, casts, notifications):
-    """One engine, in this process: returns the measurements as a dict."""
+def run_one(calls, casts, notifications, router_url, broker_url):
+    """One engine, in this process, through the intermediaries at these URLs: returns
+    the measurements as a dict."""
     import oslo_messaging
     from oslo_config import cfg
 
     import fastamqp
     from fastamqp import engine
-    from fastamqp.intermediary import Intermediary
 
     conf = cfg.CONF
     conf([], project="fastamqp-demo")
     results = {"engine": fastamqp.engine_name(),
                "connection_engine": engine.Connection.__module__}
-    with Intermediary(mode="router") as router, Intermediary(mode="broker") as broker:
-        rpc = oslo_messaging.get_rpc_transport(conf, url=router.url)
-        notify = oslo_messaging.get_notification_transport(conf, url=broker.url)
-        endpoint = _Endpoint(casts)
-        server = oslo_messaging.get_rpc_server(
-            rpc, oslo_messaging.Target(topic="demo", server="server1"), [endpoint])
-        server.start()
-        try:
-            client = oslo_messaging.get_rpc_client(
-                rpc, oslo_messaging.Target(topic="demo"), timeout=30)
-            client.call({}, "echo", data="warm-up")
-            latencies = []
-            started = time.monotonic()
-            for _ in range(calls):
-                t0 = time.monotonic()
-                assert client.call({}, "echo", data=PAYLOAD) == PAYLOAD
-                latencies.append(time.monotonic() - t0)
-            elapsed = time.monotonic() - started
-            results["calls"] = calls
-            results["calls_per_s"] = calls / elapsed
-            results["call_p50_ms"] = _percentile(latencies, 0.50) * 1000
-            results["call_p99_ms"] = _percentile(latencies, 0.99) * 1000
-            results["call_mean_ms"] = statistics.fmean(latencies) * 1000
+    rpc = oslo_messaging.get_rpc_transport(conf, url=router_url)
+    notify = oslo_messaging.get_notification_transport(conf, url=broker_url)
+    endpoint = _Endpoint(casts)
+    server = oslo_messaging.get_rpc_server(
+        rpc, oslo_messaging.Target(topic="demo", server="server1"), [endpoint])
+    server.start()
+    try:
+        client = oslo_messaging.get_rpc_client(
+            rpc, oslo_messaging.Target(topic="demo"), timeout=30)
+        client.call({}, "echo", data="warm-up")
+        latencies = []
+        started = time.monotonic()
+        for _ in range(calls):
+            t0 = time.monotonic()
+            assert client.call({}, "echo", data=PAYLOAD) == PAYLOAD
+            latencies.append(time.monotonic() - t0)
+        elapsed = time.monotonic() - started
+        results["calls"] = calls
+        results["calls_per_s"] = calls / elapsed
+        results["call_p50_ms"] = _percentile(latencies, 0.50) * 1000
+        results["call_p99_ms"] = _percentile(latencies, 0.99) * 1000
+        results["call_mean_ms"] = statistics.fmean(latencies) * 1000
 
-            started = time.monotonic()
-            for _ in range(casts):
-                client.cast({}, "record", data=PAYLOAD)
-            delivered = endpoint.all_casts.wait(60)
-            elapsed = time.monotonic() - started
-            results["casts"] = casts
-            results["casts_delivered"] = endpoint.casts
-            results["casts_per_s"] = endpoint.casts / elapsed if delivered else 0.0
-        finally:
-            server.stop()
-            server.wait()
+        started = time.monotonic()
+        for _ in range(casts):
+            client.cast({}, "record", data=PAYLOAD)
+        delivered = endpoint.all_casts.wait(60)
+        elapsed = time.monotonic() - started
+        results["casts"] = casts
+        results["casts_delivered"] = endpoint.casts
+        results["casts_per_s"] = endpoint.casts / elapsed if delivered else 0.0
+    finally:
+        server.stop()
+        server.wait()
 
-        listener_endpoint = _Notifications(notifications)
-        listener = oslo_messaging.get_notification_listener(
-            notify, [oslo_messaging.Target(topic="notifications")], [listener_endpoint])
-        listener.start()
-        try:
-            notifier = oslo_messaging.Notifier(notify, publisher_id="demo.host1",
-                                               driver="messagingv2",
-                                               topics=["notifications"])
-            started = time.monotonic()
-            for i in range(notifications):
-                notifier.info({}, "demo.event", {"n": i, "data": PAYLOAD})
-            done = listener_endpoint.done.wait(60)
-            elapsed = time.monotonic() - started
-            results["notifications"] = notifications
-            results["notifications_delivered"] = listener_endpoint.count
-            results["notifications_per_s"] = (listener_endpoint.count / elapsed
-                                              if done else 0.0)
-        finally:
-            listener.stop()
-            listener.wait()
-        rpc.cleanup()
-        notify.cleanup()
-        results["router_counters"] = {k: router.counters[k] for k in
-                                      ("received", "forwarded", "released", "dropped")}
-        results["broker_counters"] = {k: broker.counters[k] for k in
-                                      ("received", "enqueued", "acknowledged")}
+    listener_endpoint = _Notifications(notifications)
+    listener = oslo_messaging.get_notification_listener(
+        notify, [oslo_messaging.Target(topic="notifications")], [listener_endpoint])
+    listener.start()
+    try:
+        notifier = oslo_messaging.Notifier(notify, publisher_id="demo.host1",
+                                           driver="messagingv2",
+                                           topics=["notifications"])
+        started = time.monotonic()
+        for i in range(notifications):
+            notifier.info({}, "demo.event", {"n": i, "data": PAYLOAD})
+        done = listener_endpoint.done.wait(60)
+        elapsed = time.monotonic() - started
+        results["notifications"] = notifications
+        results["notifications_delivered"] = listener_endpoint.count
+        results["notifications_per_s"] = (listener_endpoint.count / elapsed
+                                          if done else 0.0)
+    finally:
+        listener.stop()
+        listener.wait()
+    rpc.cleanup()
+    notify.cleanup()
     return results
 
 
-def _child(engine_name, args):
+_ROUTER_COUNTERS = ("received", "forwarded", "released", "dropped")
+_BROKER_COUNTERS = ("received", "enqueued", "acknowledged")
+
+
+def _intermediaries():
+    """(router, broker, description): the C relay when built, else the Python one."""
+    from fastamqp.intermediary import Intermediary
+    from fastamqp.intermediary import relay
+    if relay.available():
+        return (relay.Relay(mode="router"), relay.Relay(mode="broker"),
+                "the C relay (fastamqp/csrc/fa_relay.c, docs/relay.md)")
+    return (Intermediary(mode="router"), Intermediary(mode="broker"),
+            "the pure-Python intermediary (no C relay in this installation)")
+
+
+def _child(engine_name, args, router, broker):
     env = dict(os.environ)
     env.pop("FASTAMQP_PUREPYTHON", None)
     if engine_name == "python":
         env["FASTAMQP_PUREPYTHON"] = "1"
     command = [sys.executable, "-m", "fastamqp.demo", "--child", "--calls",
                str(args.calls), "--casts", str(args.casts), "--notifications",
-               str(args.notifications)]
+               str(args.notifications), "--router-url", router.url,
+               "--broker-url", broker.url]
+    before = (router.counters, broker.counters)
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise RuntimeError(f"the {engine_name} run failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    # What this run alone put through the shared intermediaries.
+    results["router_counters"] = {k: router.counters[k] - before[0][k]
+                                  for k in _ROUTER_COUNTERS}
+    results["broker_counters"] = {k: broker.counters[k] - before[1][k]
+                                  for k in _BROKER_COUNTERS}
+    return results
 
 
 def main(argv=None):
@@ -157,11 +177,14 @@ def main(argv=None):
     parser.add_argument("--engines", default="c,python",
                         help="comma-separated: c, python (default both)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--router-url", help=argparse.SUPPRESS)
+    parser.add_argument("--broker-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         import logging
         logging.basicConfig(level=logging.ERROR)
-        print(json.dumps(run_one(args.calls, args.casts, args.notifications)))
+        print(json.dumps(run_one(args.calls, args.casts, args.notifications,
+                                 args.router_url, args.broker_url)))
         return 0
 
     print("fastamqp demo: oslo.messaging RPC through the embedded router (qdrouterd "
@@ -172,10 +195,13 @@ def main(argv=None):
     if "c" in engines and importlib.util.find_spec("fastamqp._core") is None:
         print("(skipping the c engine: this installation has no C extension)")
         engines.remove("c")
-    for name in engines:
-        print(f"running the {name} engine: {args.calls} calls, {args.casts} casts, "
-              f"{args.notifications} notifications ...", flush=True)
-        runs.append(_child(name, args))
+    router, broker, intermediary = _intermediaries()
+    print(f"intermediary: {intermediary}", flush=True)
+    with router, broker:
+        for name in engines:
+            print(f"running the {name} engine: {args.calls} calls, {args.casts} casts, "
+                  f"{args.notifications} notifications ...", flush=True)
+            runs.append(_child(name, args, router, broker))
     failures = 0
     print()
     rows = [("engine (codec)", lambda r: r["engine"]),
@@ -202,9 +228,10 @@ def main(argv=None):
         failures += r["casts_delivered"] != r["casts"]
         failures += r["notifications_delivered"] != r["notifications"]
     print("\nThe 'c' run is the C engine (native I/O thread, C codec); the 'python' run "
-          "the pure-Python\nengine on pyngus. The embedded intermediary is pure Python "
-          "(one core, about 11,000\nmessages/s here), so these rates measure it and "
-          "oslo.messaging's own layers as well as\nthe driver: see docs/benchmarks.md.")
+          "the pure-Python\nengine on pyngus. Both went through " + intermediary + ";"
+          "\nthe rates include oslo.messaging's own layers, client and server in one "
+          "process: see\ndocs/benchmarks.md for the side-by-side comparison with the "
+          "original driver.")
     print("demo: " + ("everything sent was delivered" if not failures
                       else f"{failures} LOSSES"))
     return 1 if failures else 0

@@ -141,30 +141,36 @@ def test_call_monitor_keeps_a_slow_call_alive(transports):
 
 def test_notifications_through_a_broker(transports):
     with Intermediary(mode="broker") as broker:
-        transport = transports(broker.url, notification=True)
-        received = []
-        seen = threading.Event()
+        check_notification_stored_then_delivered(transports, broker.url)
 
-        class Endpoint:
-            def info(self, ctxt, publisher_id, event_type, payload, metadata):
-                received.append((publisher_id, event_type, payload))
-                seen.set()
 
-        # Sent before any listener exists: the broker stores it.
-        notifier = oslo_messaging.Notifier(transport, publisher_id="compute.host1",
-                                           driver="messagingv2", topics=["notifications"])
-        notifier.info({}, "compute.instance.create.end", {"id": 1})
-        listener = oslo_messaging.get_notification_listener(
-            transport, [oslo_messaging.Target(topic="notifications")], [Endpoint()],
-            executor="threading")
-        listener.start()
-        try:
-            assert seen.wait(TIMEOUT)
-            assert received == [("compute.host1", "compute.instance.create.end",
-                                 {"id": 1})]
-        finally:
-            listener.stop()
-            listener.wait()
+def check_notification_stored_then_delivered(transports, url):
+    """A notification sent before any listener exists reaches the listener that
+    attaches later (store and forward); tests/test_relay.py runs it on the relay."""
+    transport = transports(url, notification=True)
+    received = []
+    seen = threading.Event()
+
+    class Endpoint:
+        def info(self, ctxt, publisher_id, event_type, payload, metadata):
+            received.append((publisher_id, event_type, payload))
+            seen.set()
+
+    # Sent before any listener exists: the broker stores it.
+    notifier = oslo_messaging.Notifier(transport, publisher_id="compute.host1",
+                                       driver="messagingv2", topics=["notifications"])
+    notifier.info({}, "compute.instance.create.end", {"id": 1})
+    listener = oslo_messaging.get_notification_listener(
+        transport, [oslo_messaging.Target(topic="notifications")], [Endpoint()],
+        executor="threading")
+    listener.start()
+    try:
+        assert seen.wait(TIMEOUT)
+        assert received == [("compute.host1", "compute.instance.create.end",
+                             {"id": 1})]
+    finally:
+        listener.stop()
+        listener.wait()
 
 
 def test_malformed_message_is_rejected_and_the_server_keeps_serving(transports):

@@ -45,6 +45,9 @@ def main(argv=None) -> int:
                     help="name of an environment variable holding the key password")
     ap.add_argument("--ssl-ca", metavar="PEM",
                     help="require client certificates signed by this CA (EXTERNAL)")
+    ap.add_argument("--engine", choices=("python", "c"), default="python",
+                    help="python: the full intermediary (default); c: the C relay "
+                         "(one plain TCP listener, SASL ANONYMOUS, no fault hooks)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
@@ -70,17 +73,32 @@ def main(argv=None) -> int:
     if not listen and not args.listen_tls:
         listen = [("127.0.0.1", 0)]
     listen += [Listener(host, port, ssl=tls) for host, port in args.listen_tls]
+    if args.engine == "c":
+        from .relay import Relay, available
+        if not available():
+            ap.error("--engine c: the C relay extension is not built")
+        if args.listen_tls or args.users_file or args.idle_timeout is not None \
+                or len(listen) != 1 or args.sasl_mechanisms.upper().split() != ["ANONYMOUS"]:
+            ap.error("--engine c supports one plain --listen, SASL ANONYMOUS, and no "
+                     "--listen-tls/--users-file/--idle-timeout (use --engine python)")
+        im = Relay(mode=args.mode, host=listen[0][0], port=listen[0][1],
+                   product=args.product, router_id=args.router_id)
+        return _serve(im, lambda: im.url.rstrip("/"))
     im = Intermediary(mode=args.mode, listen=listen,
                       product=args.product, router_id=args.router_id,
                       idle_timeout=args.idle_timeout,
                       sasl_mechanisms=args.sasl_mechanisms, users=users)
+    return _serve(im, lambda: " ".join(lst.url + (" (TLS)" if lst.ssl else "")
+                                       for lst in im.listeners))
+
+
+def _serve(im, where) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     im.start()
     print("fastamqp intermediary (%s, product %s) listening on %s"
-          % (im.mode, im.product,
-             " ".join(lst.url + (" (TLS)" if lst.ssl else "") for lst in im.listeners)),
+          % (im.mode, im.product, where()),
           flush=True)
     try:
         while not stop.wait(0.5):

@@ -1,0 +1,1291 @@
+/* fa_relay.c: "fastamqp relay", the C data path of the embedded intermediary.
+ *
+ * Behaviour mirrors fastamqp/intermediary/routing.py (RouterCore / BrokerCore) and the
+ * attach handling of server.py; read those first, the names here follow them:
+ *   producer  a link on which a client sends to us (our receiver);
+ *   consumer  a link on which we send to a client (our sender);
+ *   origin    the producer's unsettled delivery, settled with the consumer's outcome
+ *             (router) or ACCEPTED once enqueued (broker).
+ *
+ * Threading: everything below fa_relay_start's pthread_create runs on one thread that
+ * owns all Proton objects. Other threads only read counters (relaxed atomics, single
+ * writer) and ask the thread to stop through an eventfd.
+ */
+#define _GNU_SOURCE
+#include "fa_relay.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <proton/condition.h>
+#include <proton/connection.h>
+#include <proton/connection_driver.h>
+#include <proton/codec.h>
+#include <proton/delivery.h>
+#include <proton/disposition.h>
+#include <proton/event.h>
+#include <proton/link.h>
+#include <proton/sasl.h>
+#include <proton/session.h>
+#include <proton/terminus.h>
+#include <proton/transport.h>
+
+enum { D_CLOSEST, D_BALANCED, D_MULTICAST, D_QUEUE, D_TOPIC };
+
+/* routing.ROUTER_ADDRESSES / BROKER_QUEUE_PATTERNS / BROKER_TOPIC_PATTERNS. */
+static const struct { const char *prefix; int dist; } ROUTER_TABLE[] = {
+    {"unicast", D_CLOSEST},
+    {"exclusive", D_CLOSEST},
+    {"broadcast", D_MULTICAST},
+    {"openstack.org/om/rpc/multicast", D_MULTICAST},
+    {"openstack.org/om/rpc/unicast", D_CLOSEST},
+    {"openstack.org/om/rpc/anycast", D_BALANCED},
+    {"openstack.org/om/notify/multicast", D_MULTICAST},
+    {"openstack.org/om/notify/unicast", D_CLOSEST},
+    {"openstack.org/om/notify/anycast", D_BALANCED},
+};
+static const struct { const char *prefix; int dist; } BROKER_TABLE[] = {
+    {"exclusive", D_QUEUE},
+    {"unicast", D_QUEUE},
+    {"broadcast", D_TOPIC},
+};
+
+typedef struct buf { int refs; size_t len; char data[]; } buf;
+
+struct rlink;
+struct conn;
+
+typedef struct msg {
+    buf *b;
+    bool settled;                 /* forwarded pre-settled; nobody waits for an outcome */
+    pn_delivery_t *origin;        /* producer's delivery, or NULL */
+    struct rlink *producer;       /* while origin is set or held (router) */
+    struct msg *pprev, *pnext;    /* in producer->inflight */
+    struct rlink *consumer;       /* while unsettled on a consumer */
+    pn_delivery_t *out;
+    struct msg *cprev, *cnext;    /* in consumer->unsettled */
+    struct msg *qnext;            /* in a fifo */
+} msg;
+
+typedef struct fifo { msg *head, *tail; size_t n; } fifo;
+
+typedef struct node {
+    char *name;                   /* normalized address */
+    int dist;
+    struct rlink **cons; int ncons, capcons;
+    struct rlink **prods; int nprods, capprods;
+    int rr;
+    bool temp, subscription;
+    fifo msgs;                    /* broker queue */
+    struct node **subs; int nsubs, capsubs;  /* broker topic: subscription queues */
+    struct node *topic;           /* subscription queue: its topic node */
+    struct node *hnext;
+} node;
+
+typedef struct rlink {
+    pn_link_t *link;
+    struct conn *conn;
+    struct rlink *lprev, *lnext;  /* in conn->links */
+    node *node;                   /* router: the address; broker: queue (consumer) or
+                                     queue/topic (producer) */
+    bool producer, presettled, dirty;
+    int dist;
+    int held;                     /* router producer: ours not yet handed to a consumer */
+    msg *inflight;                /* producer: messages still pointing at us */
+    fifo undelivered;             /* router consumer */
+    msg *unsettled; msg *unsettled_tail; int nunsettled;  /* consumer */
+    char *partial; size_t plen, pcap;  /* producer: a multi-frame message so far */
+} rlink;
+
+typedef struct conn {
+    int fd;
+    pn_connection_driver_t driver;
+    rlink *links;
+    struct conn *prev, *next;
+    bool finished;
+} conn;
+
+#define NBUCKETS 4096
+
+struct fa_relay {
+    int mode, window;
+    char *host, *container_id, *product, *version, *router_id;
+    int port;
+    int lfd, efd;
+    pthread_t thread;
+    bool started;
+    volatile int stopping;
+    int exited;            /* the thread has left its loop (stop, or poll() failed) */
+    int64_t accept_after;  /* out of descriptors: leave the listener alone until then */
+    conn *conns;
+    node *buckets[NBUCKETS];
+    rlink **dirty; int ndirty, capdirty;
+    uint64_t tagseq;
+    uint64_t ctr[FA_RC_COUNT];
+};
+
+/* Single writer (the relay thread): a relaxed store is enough for readers to see a
+ * whole value; no read-modify-write atomics on the hot path. */
+#define BUMPN(r, i, n) __atomic_store_n(&(r)->ctr[i], (r)->ctr[i] + (uint64_t)(n), __ATOMIC_RELAXED)
+#define BUMP(r, i) BUMPN(r, i, 1)
+#define DROPN(r, i, n) __atomic_store_n(&(r)->ctr[i], (r)->ctr[i] - (uint64_t)(n), __ATOMIC_RELAXED)
+
+static void *xmalloc(size_t n) { void *p = malloc(n); if (!p) abort(); return p; }
+static void *xcalloc(size_t a, size_t b) { void *p = calloc(a, b); if (!p) abort(); return p; }
+static char *xstrdup(const char *s) { char *p = strdup(s ? s : ""); if (!p) abort(); return p; }
+
+static void push_ptr(void ***arr, int *n, int *cap, void *p)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 4;
+        void **a = realloc(*arr, (size_t)*cap * sizeof(void *));
+        if (!a) abort();
+        *arr = a;
+    }
+    (*arr)[(*n)++] = p;
+}
+
+static int remove_ptr(void **arr, int *n, void *p)
+{
+    for (int i = 0; i < *n; i++) {
+        if (arr[i] == p) {
+            memmove(arr + i, arr + i + 1, (size_t)(*n - i - 1) * sizeof(void *));
+            (*n)--;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* ---------------------------------------------------------------- messages ---- */
+
+static void buf_unref(buf *b) { if (b && --b->refs == 0) free(b); }
+
+static msg *msg_new(buf *b, bool settled)
+{
+    msg *m = xcalloc(1, sizeof *m);
+    m->b = b;
+    b->refs++;
+    m->settled = settled;
+    return m;
+}
+
+static void prod_unlink(msg *m)
+{
+    rlink *p = m->producer;
+    if (!p) return;
+    if (m->pprev) m->pprev->pnext = m->pnext; else p->inflight = m->pnext;
+    if (m->pnext) m->pnext->pprev = m->pprev;
+    m->pprev = m->pnext = NULL;
+    m->producer = NULL;
+}
+
+static void prod_link(msg *m, rlink *p)
+{
+    m->producer = p;
+    m->pprev = NULL;
+    m->pnext = p->inflight;
+    if (p->inflight) p->inflight->pprev = m;
+    p->inflight = m;
+}
+
+static void cons_unlink(msg *m)
+{
+    rlink *c = m->consumer;
+    if (!c) return;
+    if (m->cprev) m->cprev->cnext = m->cnext; else c->unsettled = m->cnext;
+    if (m->cnext) m->cnext->cprev = m->cprev; else c->unsettled_tail = m->cprev;
+    m->cprev = m->cnext = NULL;
+    m->consumer = NULL;
+    c->nunsettled--;
+    if (m->out) pn_delivery_set_context(m->out, NULL);
+    m->out = NULL;
+}
+
+static void cons_link(msg *m, rlink *c, pn_delivery_t *d)
+{
+    m->consumer = c;
+    m->out = d;
+    pn_delivery_set_context(d, m);
+    m->cnext = NULL;
+    m->cprev = c->unsettled_tail;
+    if (c->unsettled_tail) c->unsettled_tail->cnext = m; else c->unsettled = m;
+    c->unsettled_tail = m;
+    c->nunsettled++;
+}
+
+static void msg_free(msg *m)
+{
+    prod_unlink(m);
+    cons_unlink(m);
+    buf_unref(m->b);
+    free(m);
+}
+
+static void fifo_push(fa_relay *r, fifo *f, msg *m)
+{
+    m->qnext = NULL;
+    if (f->tail) f->tail->qnext = m; else f->head = m;
+    f->tail = m;
+    f->n++;
+    BUMP(r, FA_RC_STORED);
+}
+
+static void fifo_push_front(fa_relay *r, fifo *f, msg *m)
+{
+    m->qnext = f->head;
+    f->head = m;
+    if (!f->tail) f->tail = m;
+    f->n++;
+    BUMP(r, FA_RC_STORED);
+}
+
+static msg *fifo_pop(fa_relay *r, fifo *f)
+{
+    msg *m = f->head;
+    if (!m) return NULL;
+    f->head = m->qnext;
+    if (!f->head) f->tail = NULL;
+    m->qnext = NULL;
+    f->n--;
+    DROPN(r, FA_RC_STORED, 1);
+    return m;
+}
+
+/* ---------------------------------------------------------------- addresses ---- */
+
+static const char *normalize(const char *a)
+{
+    if (strncmp(a, "amqp:/", 6) == 0 && strncmp(a, "amqp://", 7) != 0) return a + 6;
+    return a;
+}
+
+static bool prefix_matches(const char *prefix, const char *address)
+{
+    size_t n = strlen(prefix);
+    if (strncmp(address, prefix, n) != 0) return false;
+    return address[n] == 0 || n == 0 || address[n] == '.' || address[n] == '/' ||
+           prefix[n - 1] == '.' || prefix[n - 1] == '/';
+}
+
+static int table_lookup(fa_relay *r, const char *address)
+{
+    /* Longest prefix first: scan all, keep the longest match. */
+    int best = -1; size_t bestlen = 0;
+    if (r->mode == FA_RELAY_ROUTER) {
+        for (size_t i = 0; i < sizeof ROUTER_TABLE / sizeof *ROUTER_TABLE; i++) {
+            size_t n = strlen(ROUTER_TABLE[i].prefix);
+            if ((best < 0 || n > bestlen) && prefix_matches(ROUTER_TABLE[i].prefix, address)) {
+                best = ROUTER_TABLE[i].dist; bestlen = n;
+            }
+        }
+        return best < 0 ? D_BALANCED : best;   /* RouterCore's default */
+    }
+    for (size_t i = 0; i < sizeof BROKER_TABLE / sizeof *BROKER_TABLE; i++) {
+        size_t n = strlen(BROKER_TABLE[i].prefix);
+        if ((best < 0 || n > bestlen) && prefix_matches(BROKER_TABLE[i].prefix, address)) {
+            best = BROKER_TABLE[i].dist; bestlen = n;
+        }
+    }
+    return best < 0 ? D_QUEUE : best;
+}
+
+static unsigned hash_str(const char *s)
+{
+    unsigned h = 2166136261u;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h % NBUCKETS;
+}
+
+static node *node_find(fa_relay *r, const char *name)
+{
+    for (node *n = r->buckets[hash_str(name)]; n; n = n->hnext)
+        if (strcmp(n->name, name) == 0) return n;
+    return NULL;
+}
+
+static node *node_alloc(const char *name, int dist)
+{
+    node *n = xcalloc(1, sizeof *n);
+    n->name = xstrdup(name);
+    n->dist = dist;
+    return n;
+}
+
+static node *node_insert(fa_relay *r, const char *name, int dist)
+{
+    node *n = node_alloc(name, dist);
+    unsigned h = hash_str(name);
+    n->hnext = r->buckets[h];
+    r->buckets[h] = n;
+    return n;
+}
+
+static void node_destroy(fa_relay *r, node *n)
+{
+    msg *m;
+    while ((m = fifo_pop(r, &n->msgs))) msg_free(m);
+    free(n->cons);
+    free(n->prods);
+    free(n->subs);
+    free(n->name);
+    free(n);
+}
+
+static void node_unhash(fa_relay *r, node *n)
+{
+    node **pp = &r->buckets[hash_str(n->name)];
+    for (; *pp; pp = &(*pp)->hnext) {
+        if (*pp == n) { *pp = n->hnext; return; }
+    }
+}
+
+/* A router node, or a broker topic node, with nothing attached is forgotten. */
+static void node_maybe_gc(fa_relay *r, node *n)
+{
+    if (n->ncons || n->nprods || n->nsubs || n->msgs.n) return;
+    if (r->mode == FA_RELAY_BROKER && n->dist == D_QUEUE && !n->temp) return;
+    node_unhash(r, n);
+    node_destroy(r, n);
+}
+
+static void random_hex(char *out, size_t nhex)
+{
+    unsigned char raw[32];
+    size_t nb = (nhex + 1) / 2;
+    if (getrandom(raw, nb, 0) != (ssize_t)nb) {
+        /* No entropy source: still unique within this process. */
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        for (size_t i = 0; i < nb; i++) raw[i] = (unsigned char)(ts.tv_nsec >> (i % 4 * 8)) ^ (unsigned char)rand();
+    }
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < nhex; i++) out[i] = hx[(raw[i / 2] >> (i % 2 ? 0 : 4)) & 15];
+    out[nhex] = 0;
+}
+
+/* What server.py gets from core.dynamic_address(); *key gets the node's name. */
+static char *dynamic_address(fa_relay *r)
+{
+    char hex[33];
+    char *out;
+    for (;;) {
+        random_hex(hex, 32);
+        if (r->mode == FA_RELAY_ROUTER) {
+            hex[12] = 0;
+            size_t n = strlen(r->router_id) + 64;
+            out = xmalloc(n);
+            snprintf(out, n, "amqp:/_topo/0/%s/temp.%s", r->router_id, hex);
+        } else {
+            /* A UUID4 string, as qpidd (and BrokerCore) name temporary queues. */
+            hex[12] = '4';
+            static const char v[] = "89ab";
+            hex[16] = v[hex[16] % 4];
+            out = xmalloc(37);
+            snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12,
+                     hex + 16, hex + 20);
+        }
+        const char *key = normalize(out);
+        node *n = node_find(r, key);
+        if (!n) {
+            n = node_insert(r, key, r->mode == FA_RELAY_ROUTER ? D_CLOSEST : D_QUEUE);
+            n->temp = true;
+            return out;
+        }
+        free(out);   /* astronomically unlikely clash: draw again */
+    }
+}
+
+/* ---------------------------------------------------------------- wire port ---- */
+
+static void mark_dirty(fa_relay *r, rlink *p)
+{
+    if (p->dirty) return;
+    p->dirty = true;
+    push_ptr((void ***)&r->dirty, &r->ndirty, &r->capdirty, p);
+}
+
+static void dirty_node(fa_relay *r, node *n)
+{
+    for (int i = 0; i < n->nprods; i++) mark_dirty(r, n->prods[i]);
+}
+
+/* Settle the producer's delivery with the state of `from` (a consumer's delivery), or
+ * with the plain outcome `type` when from is NULL. */
+static void settle_origin(fa_relay *r, msg *m, uint64_t type, pn_delivery_t *from)
+{
+    if (m->settled || !m->origin) return;
+    pn_delivery_t *o = m->origin;
+    m->origin = NULL;
+    rlink *p = m->producer;
+    prod_unlink(m);
+    if (!p) return;   /* producer gone: nobody to answer */
+    switch (type) {
+    case PN_ACCEPTED: BUMP(r, FA_RC_ACCEPTED); break;
+    case PN_RELEASED: BUMP(r, FA_RC_RELEASED); break;
+    case PN_REJECTED: BUMP(r, FA_RC_REJECTED); break;
+    case PN_MODIFIED: BUMP(r, FA_RC_MODIFIED); break;
+    }
+    if (from) {
+        pn_disposition_t *local = pn_delivery_local(o), *remote = pn_delivery_remote(from);
+        if (type == PN_REJECTED) {
+            pn_condition_copy(pn_disposition_condition(local), pn_disposition_condition(remote));
+        } else if (type == PN_MODIFIED) {
+            pn_disposition_set_failed(local, pn_disposition_is_failed(remote));
+            pn_disposition_set_undeliverable(local, pn_disposition_is_undeliverable(remote));
+            pn_data_t *ann = pn_disposition_annotations(remote);
+            if (ann && pn_data_size(ann)) pn_data_copy(pn_disposition_annotations(local), ann);
+        }
+    }
+    pn_delivery_update(o, type);
+    pn_delivery_settle(o);
+}
+
+static pn_delivery_t *transmit(fa_relay *r, rlink *c, msg *m, bool settled)
+{
+    uint64_t tag = ++r->tagseq;
+    pn_delivery_t *d = pn_delivery(c->link, pn_dtag((const char *)&tag, sizeof tag));
+    pn_link_send(c->link, m->b->data, m->b->len);
+    pn_link_advance(c->link);
+    if (settled) pn_delivery_settle(d);
+    BUMP(r, FA_RC_FORWARDED);
+    return d;
+}
+
+/* ---------------------------------------------------------------- router ---- */
+
+static void unhold(fa_relay *r, msg *m)
+{
+    rlink *p = m->producer;
+    if (p) {
+        if (p->held > 0) p->held--;
+        mark_dirty(r, p);
+        /* A settled message needs no link to its producer once handed over. */
+        if (!m->origin) prod_unlink(m);
+    }
+}
+
+static void router_pump(fa_relay *r, rlink *c)
+{
+    while (pn_link_credit(c->link) > 0 && c->undelivered.n) {
+        msg *m = fifo_pop(r, &c->undelivered);
+        unhold(r, m);
+        bool settled = m->settled || c->presettled || c->dist == D_MULTICAST;
+        pn_delivery_t *d = transmit(r, c, m, settled);
+        if (!settled) {
+            cons_link(m, c, d);
+        } else {
+            /* The consumer asked for pre-settled deliveries: the router takes the
+             * message off the producer's hands. */
+            settle_origin(r, m, PN_ACCEPTED, NULL);
+            msg_free(m);
+        }
+    }
+}
+
+static rlink *router_choose(node *n)
+{
+    int cnt = n->ncons;
+    int start = n->rr % cnt, chosen = start;
+    if (n->dist == D_BALANCED) {
+        size_t best_load = 0; int best = -1;
+        for (int i = 0; i < cnt; i++) {
+            int k = (start + i) % cnt;
+            rlink *c = n->cons[k];
+            size_t load = c->undelivered.n + (size_t)c->nunsettled;
+            if (best < 0 || load < best_load) {
+                best = k; best_load = load;
+                if (load == 0) break;
+            }
+        }
+        chosen = best;
+    }
+    n->rr = chosen + 1;
+    return n->cons[chosen];
+}
+
+static void router_route(fa_relay *r, rlink *p, msg *m)
+{
+    node *n = p->node;
+    if (!n->ncons) {
+        if (m->settled) BUMP(r, FA_RC_DROPPED);
+        else settle_origin(r, m, PN_RELEASED, NULL);
+        msg_free(m);
+        return;
+    }
+    if (p->dist == D_MULTICAST) {
+        /* Forwarded pre-settled to every consumer; the router answers the producer. */
+        settle_origin(r, m, PN_ACCEPTED, NULL);
+        for (int i = 0; i < n->ncons; i++) {
+            rlink *c = n->cons[i];
+            if (c->undelivered.n >= (size_t)r->window) { BUMP(r, FA_RC_DROPPED); continue; }
+            fifo_push(r, &c->undelivered, msg_new(m->b, true));
+            router_pump(r, c);
+        }
+        mark_dirty(r, p);
+        msg_free(m);
+        return;
+    }
+    rlink *c = router_choose(n);
+    p->held++;
+    fifo_push(r, &c->undelivered, m);
+    router_pump(r, c);
+}
+
+/* ---------------------------------------------------------------- broker ---- */
+
+static void broker_pump(fa_relay *r, node *q)
+{
+    int n = q->ncons;
+    while (q->msgs.n && n) {
+        bool sent = false;
+        for (int i = 0; i < n; i++) {
+            rlink *c = q->cons[(q->rr + i) % n];
+            if (pn_link_credit(c->link) > 0) {
+                q->rr = (q->rr + i + 1) % n;
+                msg *m = fifo_pop(r, &q->msgs);
+                pn_delivery_t *d = transmit(r, c, m, c->presettled);
+                if (c->presettled) msg_free(m);
+                else cons_link(m, c, d);
+                sent = true;
+                break;
+            }
+        }
+        if (!sent) return;
+    }
+}
+
+static void broker_route(fa_relay *r, rlink *p, msg *m)
+{
+    node *n = p->node;
+    if (n->dist == D_TOPIC) {
+        if (!n->nsubs) BUMP(r, FA_RC_DROPPED);
+        for (int i = 0; i < n->nsubs; i++) {
+            fifo_push(r, &n->subs[i]->msgs, msg_new(m->b, true));
+            BUMP(r, FA_RC_ENQUEUED);
+        }
+        settle_origin(r, m, PN_ACCEPTED, NULL);
+        msg_free(m);
+        for (int i = 0; i < n->nsubs; i++) broker_pump(r, n->subs[i]);
+    } else {
+        settle_origin(r, m, PN_ACCEPTED, NULL);
+        /* The broker owns the message now; forget the producer's delivery. */
+        prod_unlink(m);
+        m->settled = true;
+        fifo_push(r, &n->msgs, m);
+        BUMP(r, FA_RC_ENQUEUED);
+        broker_pump(r, n);
+    }
+    mark_dirty(r, p);
+}
+
+/* ---------------------------------------------------------------- links ---- */
+
+static void conn_add_link(conn *cn, rlink *l)
+{
+    l->conn = cn;
+    l->lprev = NULL;
+    l->lnext = cn->links;
+    if (cn->links) cn->links->lprev = l;
+    cn->links = l;
+}
+
+static void conn_remove_link(conn *cn, rlink *l)
+{
+    if (l->lprev) l->lprev->lnext = l->lnext; else cn->links = l->lnext;
+    if (l->lnext) l->lnext->lprev = l->lprev;
+}
+
+static void refuse(pn_link_t *link, const char *name, const char *desc)
+{
+    /* A null terminus in our attach, then a detach with the error: how AMQP says the
+     * node cannot be reached. */
+    pn_link_open(link);
+    pn_condition_set_name(pn_link_condition(link), name);
+    pn_condition_set_description(pn_link_condition(link), desc);
+    pn_link_close(link);
+}
+
+static void on_link_open(fa_relay *r, conn *cn, pn_link_t *link)
+{
+    if (!(pn_link_state(link) & PN_LOCAL_UNINIT)) return;
+    bool is_rcv = pn_link_is_receiver(link);
+    pn_terminus_t *remote = is_rcv ? pn_link_remote_target(link) : pn_link_remote_source(link);
+    char *owned = NULL;
+    const char *address;
+    if (pn_terminus_is_dynamic(remote)) {
+        address = owned = dynamic_address(r);
+    } else {
+        address = pn_terminus_get_address(remote);
+        if (!address) {
+            if (is_rcv) refuse(link, "amqp:not-implemented", "anonymous relay is not supported");
+            else refuse(link, "amqp:invalid-field", "source address required");
+            return;
+        }
+    }
+    pn_terminus_copy(pn_link_source(link), pn_link_remote_source(link));
+    pn_terminus_copy(pn_link_target(link), pn_link_remote_target(link));
+    pn_terminus_set_address(is_rcv ? pn_link_target(link) : pn_link_source(link), address);
+    pn_link_set_snd_settle_mode(link, pn_link_remote_snd_settle_mode(link));
+    const char *key = normalize(address);
+
+    rlink *l = xcalloc(1, sizeof *l);
+    l->link = link;
+    l->producer = is_rcv;
+    pn_link_set_context(link, l);
+    conn_add_link(cn, l);
+    BUMP(r, FA_RC_LINKS);
+    BUMP(r, FA_RC_LINKS_TOTAL);
+
+    if (r->mode == FA_RELAY_ROUTER) {
+        node *n = node_find(r, key);
+        int dist = (n && n->temp) ? D_CLOSEST : table_lookup(r, key);
+        if (!n) n = node_insert(r, key, dist);
+        l->node = n;
+        l->dist = dist;
+        if (is_rcv) {
+            /* We settle first and always answer with an outcome. */
+            pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
+            pn_link_open(link);
+            push_ptr((void ***)&n->prods, &n->nprods, &n->capprods, l);
+            mark_dirty(r, l);
+        } else {
+            pn_link_open(link);
+            l->presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
+            push_ptr((void ***)&n->cons, &n->ncons, &n->capcons, l);
+            /* DISPATCH-1012 / -1481: the address just became reachable. */
+            if (n->ncons == 1) dirty_node(r, n);
+        }
+    } else {
+        node *n = node_find(r, key);
+        int dist = (n && n->dist == D_QUEUE) ? D_QUEUE : table_lookup(r, key);
+        if (!n) n = node_insert(r, key, dist);
+        l->dist = dist;
+        if (is_rcv) {
+            pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
+            pn_link_open(link);
+            l->node = n;
+            push_ptr((void ***)&n->prods, &n->nprods, &n->capprods, l);
+            mark_dirty(r, l);
+        } else {
+            pn_link_open(link);
+            l->presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
+            node *q = n;
+            if (dist == D_TOPIC) {
+                /* A private subscription queue per subscriber, like qpidd's exchange
+                 * bindings; it dies with the link. */
+                q = node_alloc(key, D_QUEUE);
+                q->temp = q->subscription = true;
+                q->topic = n;
+                push_ptr((void ***)&n->subs, &n->nsubs, &n->capsubs, q);
+            }
+            l->node = q;
+            push_ptr((void ***)&q->cons, &q->ncons, &q->capcons, l);
+            broker_pump(r, q);
+        }
+    }
+    free(owned);
+}
+
+static void link_gone(fa_relay *r, rlink *l)
+{
+    node *n = l->node;
+    conn_remove_link(l->conn, l);
+    pn_link_set_context(l->link, NULL);
+    DROPN(r, FA_RC_LINKS, 1);
+    if (l->dirty) {
+        remove_ptr((void **)r->dirty, &r->ndirty, l);
+        l->dirty = false;
+    }
+    if (l->producer) {
+        /* Messages of ours still in transit lose their way back: nobody to answer. */
+        while (l->inflight) {
+            msg *m = l->inflight;
+            m->origin = NULL;
+            prod_unlink(m);
+        }
+        remove_ptr((void **)n->prods, &n->nprods, l);
+        free(l->partial);
+        free(l);
+        node_maybe_gc(r, n);
+        return;
+    }
+    remove_ptr((void **)n->cons, &n->ncons, l);
+    if (r->mode == FA_RELAY_ROUTER) {
+        if (!n->ncons) n->temp = false;
+        /* Nothing is stored in a router: what this consumer held goes back to its
+         * producers (released if they wait for an outcome, else lost). */
+        msg *m;
+        while ((m = fifo_pop(r, &l->undelivered))) {
+            unhold(r, m);
+            if (m->settled) BUMP(r, FA_RC_DROPPED);
+            else settle_origin(r, m, PN_RELEASED, NULL);
+            msg_free(m);
+        }
+        while ((m = l->unsettled)) {
+            pn_delivery_t *d = m->out;
+            cons_unlink(m);
+            if (d) pn_delivery_settle(d);
+            settle_origin(r, m, PN_RELEASED, NULL);
+            msg_free(m);
+        }
+        dirty_node(r, n);
+        free(l);
+        node_maybe_gc(r, n);
+        return;
+    }
+    /* Broker: in-flight messages go back to the head, in their original order. */
+    msg *m;
+    while ((m = l->unsettled_tail)) {
+        pn_delivery_t *d = m->out;
+        cons_unlink(m);
+        if (d) pn_delivery_settle(d);
+        fifo_push_front(r, &n->msgs, m);
+        BUMP(r, FA_RC_REQUEUED);
+    }
+    free(l);
+    if (n->temp && !n->ncons) {
+        if (n->msgs.n) BUMPN(r, FA_RC_DROPPED, n->msgs.n);
+        if (n->subscription) {
+            node *t = n->topic;
+            remove_ptr((void **)t->subs, &t->nsubs, n);
+            node_destroy(r, n);
+            node_maybe_gc(r, t);
+        } else if (n->nprods) {
+            /* BrokerCore deletes the temporary queue, and the next message of a
+             * producer still attached to its name makes an ordinary queue again:
+             * the same as keeping this node, emptied, as an ordinary queue. */
+            msg *m2;
+            while ((m2 = fifo_pop(r, &n->msgs))) msg_free(m2);
+            n->temp = false;
+        } else {
+            node_unhash(r, n);
+            node_destroy(r, n);
+        }
+    } else {
+        broker_pump(r, n);
+    }
+}
+
+/* ---------------------------------------------------------------- deliveries ---- */
+
+static void on_incoming(fa_relay *r, pn_link_t *link, pn_delivery_t *d)
+{
+    rlink *p = pn_link_get_context(link);
+    if (pn_delivery_aborted(d)) {
+        pn_delivery_settle(d);
+        if (p) { p->plen = 0; mark_dirty(r, p); }
+        return;
+    }
+    if (!pn_delivery_readable(d)) return;   /* a state update on one already taken */
+    if (!p) {
+        /* A link we closed or refused: nobody will route this. */
+        if (!pn_delivery_partial(d)) {
+            char sink[4096];
+            while (pn_link_recv(link, sink, sizeof sink) > 0) {}
+            pn_link_advance(link);
+            if (!pn_delivery_settled(d)) pn_delivery_update(d, PN_RELEASED);
+            pn_delivery_settle(d);
+        }
+        return;
+    }
+    size_t pending = pn_delivery_pending(d);
+    if (p->plen + pending > p->pcap) {
+        size_t cap = p->pcap ? p->pcap : 1024;
+        while (cap < p->plen + pending) cap *= 2;
+        char *nb = realloc(p->partial, cap);
+        if (!nb) abort();
+        p->partial = nb; p->pcap = cap;
+    }
+    for (;;) {
+        if (p->plen == p->pcap) {
+            char *nb = realloc(p->partial, p->pcap * 2);
+            if (!nb) abort();
+            p->partial = nb; p->pcap *= 2;
+        }
+        ssize_t n = pn_link_recv(link, p->partial + p->plen, p->pcap - p->plen);
+        if (n <= 0) break;
+        p->plen += (size_t)n;
+    }
+    if (pn_delivery_partial(d)) return;
+    buf *b = xmalloc(sizeof(buf) + p->plen);
+    b->refs = 0;
+    b->len = p->plen;
+    memcpy(b->data, p->partial, p->plen);
+    p->plen = 0;
+    if (p->pcap > 65536) { free(p->partial); p->partial = NULL; p->pcap = 0; }
+    pn_link_advance(link);
+    bool settled = pn_delivery_settled(d);
+    if (settled) pn_delivery_settle(d);
+    msg *m = msg_new(b, settled);
+    if (!settled) {
+        m->origin = d;
+        prod_link(m, p);
+    } else if (r->mode == FA_RELAY_ROUTER) {
+        prod_link(m, p);   /* for `held` accounting only */
+    }
+    BUMP(r, FA_RC_RECEIVED);
+    if (r->mode == FA_RELAY_ROUTER) router_route(r, p, m);
+    else broker_route(r, p, m);
+}
+
+static void on_outcome(fa_relay *r, pn_delivery_t *d)
+{
+    uint64_t type = pn_delivery_remote_state(d);
+    bool terminal = type == PN_ACCEPTED || type == PN_REJECTED || type == PN_RELEASED ||
+                    type == PN_MODIFIED;
+    if (!terminal && !pn_delivery_settled(d)) return;   /* received / no state yet */
+    if (!terminal) type = PN_ACCEPTED;   /* settled without an outcome: done with it */
+    msg *m = pn_delivery_get_context(d);
+    if (!m) { pn_delivery_settle(d); return; }
+    if (r->mode == FA_RELAY_ROUTER) {
+        settle_origin(r, m, type, d);
+        cons_unlink(m);
+        pn_delivery_settle(d);
+        msg_free(m);
+        return;
+    }
+    node *q = m->consumer->node;
+    cons_unlink(m);
+    pn_delivery_settle(d);
+    if (type == PN_ACCEPTED) {
+        BUMP(r, FA_RC_ACKNOWLEDGED);
+        msg_free(m);
+    } else if (type == PN_RELEASED || type == PN_MODIFIED) {
+        fifo_push_front(r, &q->msgs, m);
+        BUMP(r, FA_RC_REQUEUED);
+        broker_pump(r, q);
+    } else {
+        /* qpidd would route to an alternate exchange if one were configured. */
+        BUMP(r, FA_RC_DROPPED);
+        msg_free(m);
+    }
+}
+
+static void on_flow(fa_relay *r, pn_link_t *link)
+{
+    rlink *c = pn_link_get_context(link);
+    if (!c || c->producer) return;
+    if (r->mode == FA_RELAY_ROUTER) router_pump(r, c);
+    else broker_pump(r, c->node);
+    if (pn_link_get_drain(link) && pn_link_credit(link) > 0) pn_link_drained(link);
+}
+
+static int desired_credit(fa_relay *r, rlink *p)
+{
+    if (r->mode == FA_RELAY_BROKER) return r->window;
+    if (!p->node->ncons) return 0;   /* anycast: DISPATCH-1012; multicast: -1481 */
+    if (p->dist == D_MULTICAST) return r->window;
+    int w = r->window - p->held;
+    return w > 0 ? w : 0;
+}
+
+static bool topup_dirty(fa_relay *r)
+{
+    bool any = r->ndirty > 0;
+    while (r->ndirty) {
+        rlink *p = r->dirty[--r->ndirty];
+        p->dirty = false;
+        int want = desired_credit(r, p), have = pn_link_credit(p->link);
+        if (want > have) pn_link_flow(p->link, want - have);
+    }
+    return any;
+}
+
+/* ---------------------------------------------------------------- connections ---- */
+
+static void conn_links_gone(fa_relay *r, conn *cn, pn_session_t *ssn)
+{
+    rlink *l = cn->links;
+    while (l) {
+        rlink *next = l->lnext;
+        if (!ssn || pn_link_session(l->link) == ssn) link_gone(r, l);
+        l = next;
+    }
+}
+
+static void put_properties(fa_relay *r, pn_connection_t *c)
+{
+    pn_data_t *props = pn_connection_properties(c);
+    pn_data_put_map(props);
+    pn_data_enter(props);
+    pn_data_put_symbol(props, pn_bytes(strlen("product"), "product"));
+    pn_data_put_string(props, pn_bytes(strlen(r->product), r->product));
+    pn_data_put_symbol(props, pn_bytes(strlen("version"), "version"));
+    pn_data_put_string(props, pn_bytes(strlen(r->version), r->version));
+    pn_data_exit(props);
+}
+
+static void dispatch(fa_relay *r, conn *cn, pn_event_t *e)
+{
+    switch (pn_event_type(e)) {
+    case PN_DELIVERY: {
+        pn_delivery_t *d = pn_event_delivery(e);
+        pn_link_t *link = pn_delivery_link(d);
+        if (pn_link_is_receiver(link)) on_incoming(r, link, d);
+        else on_outcome(r, d);
+        break;
+    }
+    case PN_LINK_FLOW:
+        on_flow(r, pn_event_link(e));
+        break;
+    case PN_LINK_REMOTE_OPEN:
+        on_link_open(r, cn, pn_event_link(e));
+        break;
+    case PN_LINK_REMOTE_CLOSE:
+    case PN_LINK_REMOTE_DETACH: {
+        pn_link_t *link = pn_event_link(e);
+        rlink *l = pn_link_get_context(link);
+        if (l) link_gone(r, l);
+        if (pn_link_state(link) & PN_LOCAL_ACTIVE) {
+            if (pn_event_type(e) == PN_LINK_REMOTE_CLOSE) pn_link_close(link);
+            else pn_link_detach(link);
+        }
+        break;
+    }
+    case PN_SESSION_REMOTE_OPEN: {
+        pn_session_t *s = pn_event_session(e);
+        if (pn_session_state(s) & PN_LOCAL_UNINIT) pn_session_open(s);
+        break;
+    }
+    case PN_SESSION_REMOTE_CLOSE: {
+        /* Proton raises no per-link events for links ended by their session. */
+        pn_session_t *s = pn_event_session(e);
+        conn_links_gone(r, cn, s);
+        if (pn_session_state(s) & PN_LOCAL_ACTIVE) pn_session_close(s);
+        break;
+    }
+    case PN_CONNECTION_REMOTE_OPEN: {
+        pn_connection_t *c = pn_event_connection(e);
+        if (pn_connection_state(c) & PN_LOCAL_UNINIT) {
+            pn_connection_set_container(c, r->container_id);
+            put_properties(r, c);
+            pn_connection_open(c);
+        }
+        break;
+    }
+    case PN_CONNECTION_REMOTE_CLOSE: {
+        pn_connection_t *c = pn_event_connection(e);
+        conn_links_gone(r, cn, NULL);
+        if (pn_connection_state(c) & PN_LOCAL_ACTIVE) pn_connection_close(c);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static void conn_free(fa_relay *r, conn *cn)
+{
+    conn_links_gone(r, cn, NULL);
+    if (cn->prev) cn->prev->next = cn->next; else r->conns = cn->next;
+    if (cn->next) cn->next->prev = cn->prev;
+    pn_connection_driver_destroy(&cn->driver);
+    close(cn->fd);
+    free(cn);
+    DROPN(r, FA_RC_CONNECTIONS, 1);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_accept(fa_relay *r)
+{
+    for (;;) {
+        int fd = accept4(r->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            /* Out of descriptors (or memory): the pending connection stays in the
+             * backlog and the listener stays readable, so polling it again at once
+             * would spin a core. Leave it for 100 ms; a freed descriptor lets it in. */
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                r->accept_after = now_ms() + 100;
+            return;                              /* EAGAIN: nothing more to accept */
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        pn_connection_t *c = pn_connection();
+        pn_transport_t *t = pn_transport();
+        if (!c || !t) {
+            if (c) pn_connection_free(c);
+            if (t) pn_transport_free(t);
+            close(fd);
+            continue;
+        }
+        pn_transport_set_server(t);
+        pn_sasl_t *sasl = pn_sasl(t);
+        pn_sasl_set_allow_insecure_mechs(sasl, true);
+        pn_sasl_allowed_mechs(sasl, "ANONYMOUS");
+        conn *cn = xcalloc(1, sizeof *cn);
+        cn->fd = fd;
+        if (pn_connection_driver_init(&cn->driver, c, t) != 0) {
+            free(cn);
+            close(fd);
+            continue;
+        }
+        cn->next = r->conns;
+        if (r->conns) r->conns->prev = cn;
+        r->conns = cn;
+        BUMP(r, FA_RC_CONNECTIONS);
+        BUMP(r, FA_RC_CONNECTIONS_TOTAL);
+    }
+}
+
+static void conn_write(conn *cn)
+{
+    for (;;) {
+        pn_bytes_t out = pn_connection_driver_write_buffer(&cn->driver);
+        if (!out.size) return;
+        ssize_t n = send(cn->fd, out.start, out.size, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+            pn_connection_driver_errorf(&cn->driver, "proton:io", "write failed: %s",
+                                        strerror(errno));
+            pn_connection_driver_close(&cn->driver);
+            return;
+        }
+        pn_connection_driver_write_done(&cn->driver, (size_t)n);
+    }
+}
+
+static void conn_read(conn *cn)
+{
+    for (int i = 0; i < 4; i++) {
+        pn_rwbytes_t in = pn_connection_driver_read_buffer(&cn->driver);
+        if (!in.size) return;
+        ssize_t n = recv(cn->fd, in.start, in.size, 0);
+        if (n > 0) {
+            pn_connection_driver_read_done(&cn->driver, (size_t)n);
+            if ((size_t)n < in.size) return;
+        } else if (n == 0) {
+            pn_connection_driver_read_close(&cn->driver);
+            return;
+        } else {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+            pn_connection_driver_errorf(&cn->driver, "proton:io", "read failed: %s",
+                                        strerror(errno));
+            pn_connection_driver_close(&cn->driver);
+            return;
+        }
+    }
+}
+
+/* Drain every driver until quiet: routing crosses connections. */
+static void process(fa_relay *r)
+{
+    for (int round = 0; round < 1000; round++) {
+        bool busy = false;
+        for (conn *cn = r->conns; cn; cn = cn->next) {
+            pn_event_t *e;
+            while ((e = pn_connection_driver_next_event(&cn->driver))) {
+                busy = true;
+                dispatch(r, cn, e);
+            }
+        }
+        if (topup_dirty(r)) busy = true;
+        if (!busy) break;
+    }
+}
+
+static void *relay_main(void *arg)
+{
+    fa_relay *r = arg;
+    struct pollfd *fds = NULL;
+    conn **owners = NULL;
+    size_t cap = 0;
+    while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
+        process(r);
+        int64_t now = now_ms();
+        int timeout = 1000;
+        size_t nconns = 0;
+        bool freed = false;
+        for (conn *cn = r->conns, *next; cn; cn = next) {
+            next = cn->next;
+            conn_write(cn);
+            if (pn_connection_driver_finished(&cn->driver)) {
+                conn_free(r, cn);
+                freed = true;
+                continue;
+            }
+            int64_t deadline = pn_transport_tick(cn->driver.transport, now);
+            if (deadline) {
+                int64_t wait = deadline - now;
+                if (wait < timeout) timeout = wait < 0 ? 0 : (int)wait;
+            }
+            nconns++;
+        }
+        /* A connection's end reroutes (releases, requeues) onto others: handle what
+         * that raised before sleeping. */
+        if (freed || r->ndirty) continue;
+        if (nconns + 2 > cap) {
+            cap = (nconns + 2) * 2;
+            fds = realloc(fds, cap * sizeof *fds);
+            owners = realloc(owners, cap * sizeof *owners);
+            if (!fds || !owners) abort();
+        }
+        size_t nfds = 0;
+        fds[nfds] = (struct pollfd){r->efd, POLLIN, 0}; owners[nfds++] = NULL;
+        bool accepting = r->accept_after <= now;
+        if (!accepting && r->accept_after - now < timeout)
+            timeout = (int)(r->accept_after - now);
+        fds[nfds] = (struct pollfd){accepting ? r->lfd : -1, POLLIN, 0};
+        owners[nfds++] = NULL;
+        for (conn *cn = r->conns; cn; cn = cn->next) {
+            short ev = 0;
+            if (pn_connection_driver_read_buffer(&cn->driver).size) ev |= POLLIN;
+            if (pn_connection_driver_write_buffer(&cn->driver).size) ev |= POLLOUT;
+            fds[nfds] = (struct pollfd){cn->fd, ev, 0};
+            owners[nfds++] = cn;
+        }
+        if (poll(fds, nfds, timeout) < 0 && errno != EINTR) break;   /* fa_relay_alive() */
+        if (fds[0].revents) {
+            uint64_t v;
+            ssize_t rd = read(r->efd, &v, sizeof v);
+            (void)rd;
+        }
+        if (fds[1].revents & POLLIN) on_accept(r);
+        for (size_t i = 2; i < nfds; i++) {
+            conn *cn = owners[i];
+            short re = fds[i].revents;
+            if (!re) continue;
+            if (re & (POLLIN | POLLHUP | POLLERR)) conn_read(cn);
+            if (re & POLLOUT) conn_write(cn);
+            if ((re & (POLLHUP | POLLERR)) && !(re & POLLIN)) {
+                pn_connection_driver_close(&cn->driver);
+            }
+        }
+    }
+    free(fds);
+    free(owners);
+    /* Shut down: cut every connection (as a crash would) and forget all state. */
+    while (r->conns) conn_free(r, r->conns);
+    for (int i = 0; i < NBUCKETS; i++) {
+        node *n = r->buckets[i];
+        while (n) {
+            node *next = n->hnext;
+            for (int k = 0; k < n->nsubs; k++) node_destroy(r, n->subs[k]);
+            node_destroy(r, n);
+            n = next;
+        }
+        r->buckets[i] = NULL;
+    }
+    r->ndirty = 0;
+    __atomic_store_n(&r->exited, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- public API ---- */
+
+fa_relay *fa_relay_new(int mode, const char *host, int port, const char *container_id,
+                       const char *product, const char *version, const char *router_id,
+                       int window)
+{
+    fa_relay *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->mode = mode;
+    r->port = port;
+    r->window = window > 0 ? window : 250;
+    r->host = strdup(host ? host : "127.0.0.1");
+    r->container_id = strdup(container_id ? container_id : "fastamqp-relay");
+    r->product = strdup(product ? product : "");
+    r->version = strdup(version ? version : "0");
+    r->router_id = strdup(router_id ? router_id : "fastamqp");
+    r->lfd = r->efd = -1;
+    if (!r->host || !r->container_id || !r->product || !r->version || !r->router_id) {
+        fa_relay_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+int fa_relay_start(fa_relay *r, char *err, size_t errlen)
+{
+    if (r->started) { snprintf(err, errlen, "already started"); return -1; }
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", r->port);
+    int rc = getaddrinfo(r->host, portstr, &hints, &res);
+    if (rc != 0) { snprintf(err, errlen, "%s: %s", r->host, gai_strerror(rc)); return -1; }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) { snprintf(err, errlen, "socket: %s", strerror(errno)); freeaddrinfo(res); return -1; }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+        snprintf(err, errlen, "bind %s:%d: %s", r->host, r->port, strerror(errno));
+        freeaddrinfo(res); close(fd); return -1;
+    }
+    freeaddrinfo(res);
+    struct sockaddr_storage ss; socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    int bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) { snprintf(err, errlen, "eventfd: %s", strerror(errno)); close(fd); return -1; }
+    r->lfd = fd; r->efd = efd; r->port = bound;
+    r->stopping = 0;
+    r->exited = 0;
+    r->accept_after = 0;
+    rc = pthread_create(&r->thread, NULL, relay_main, r);
+    if (rc != 0) {
+        snprintf(err, errlen, "pthread_create: %s", strerror(rc));
+        close(fd); close(efd); r->lfd = r->efd = -1;
+        return -1;
+    }
+    r->started = true;
+    return bound;
+}
+
+void fa_relay_counters(fa_relay *r, uint64_t out[FA_RC_COUNT])
+{
+    for (int i = 0; i < FA_RC_COUNT; i++) out[i] = __atomic_load_n(&r->ctr[i], __ATOMIC_RELAXED);
+}
+
+int fa_relay_alive(fa_relay *r)
+{
+    return r->started && !__atomic_load_n(&r->exited, __ATOMIC_ACQUIRE);
+}
+
+void fa_relay_stop(fa_relay *r)
+{
+    if (!r->started) return;
+    __atomic_store_n(&r->stopping, 1, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    ssize_t w = write(r->efd, &one, sizeof one);
+    (void)w;
+    pthread_join(r->thread, NULL);
+    r->started = false;
+    close(r->lfd); close(r->efd);
+    r->lfd = r->efd = -1;
+    /* Gauges die with the connections; the cumulative counts stay. */
+    __atomic_store_n(&r->ctr[FA_RC_CONNECTIONS], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->ctr[FA_RC_LINKS], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->ctr[FA_RC_STORED], 0, __ATOMIC_RELAXED);
+}
+
+void fa_relay_free(fa_relay *r)
+{
+    if (!r) return;
+    fa_relay_stop(r);
+    free(r->host); free(r->container_id); free(r->product); free(r->version);
+    free(r->router_id); free(r->dirty);
+    free(r);
+}
