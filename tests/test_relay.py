@@ -6,6 +6,7 @@ checks (tests/test_intermediary.py) only use what the relay has too, they are im
 and run here against the relay: the ``router``/``broker`` fixtures below shadow theirs.
 The module is skipped when the relay extension is not built.
 """
+import tempfile
 import threading
 import time
 
@@ -294,6 +295,15 @@ def test_oslo_notifications_through_broker(transports):
         check_notification_stored_then_delivered(transports, broker.url)
 
 
+def _child_env():
+    """The environment of a child that must import the fastamqp this process imported
+    (the installed one in CI, whose relay is built; not the source tree's)."""
+    import os
+    here = os.path.dirname(os.path.dirname(os.path.abspath(relay_mod.__file__)))
+    site = os.path.dirname(here)
+    return dict(os.environ, PYTHONPATH=site + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
 # -- command line -----------------------------------------------------------------------
 
 def test_cli_engine_c(tmp_path):
@@ -303,8 +313,7 @@ def test_cli_engine_c(tmp_path):
     import signal
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = _child_env()
     p = subprocess.Popen([sys.executable, "-m", "fastamqp.intermediary", "--mode", "router",
                           "--engine", "c", "--listen", "127.0.0.1:0"],
                          stdout=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
@@ -335,11 +344,10 @@ def test_cli_engine_c_refuses_what_it_cannot_do():
     import os
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = _child_env()
     p = subprocess.run([sys.executable, "-m", "fastamqp.intermediary", "--engine", "c",
                         "--sasl-mechanisms", "PLAIN"], capture_output=True, text=True,
-                       env=env)
+                       env=env, cwd=tempfile.gettempdir())
     assert p.returncode == 2 and "--engine c supports" in p.stderr
 
 
