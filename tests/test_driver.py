@@ -14,6 +14,7 @@ from oslo_config import cfg
 
 from fastamqp import driver as fastamqp_driver
 from fastamqp.intermediary import Intermediary
+from oslo_env import transport_factory
 
 TIMEOUT = 10
 
@@ -56,17 +57,7 @@ class Calculator:
 
 @pytest.fixture
 def transports(conf):
-    made = []
-
-    def make(url, notification=False):
-        factory = (oslo_messaging.get_notification_transport if notification
-                   else oslo_messaging.get_rpc_transport)
-        transport = factory(conf, url=url)
-        made.append(transport)
-        return transport
-    yield make
-    for transport in made:
-        transport.cleanup()
+    yield from transport_factory(conf)
 
 
 def start_server(transport, endpoint, topic="calc", server="host1"):

@@ -6,6 +6,7 @@ chained causes), the reprs of the transport, its driver and connection objects, 
 process's own stdout/stderr (Proton protocol traces go there) must be free of the
 password and of the TLS key password. tests/test_security.py covers the engine level.
 """
+import contextlib
 import logging
 import shutil
 import traceback
@@ -95,29 +96,37 @@ def driver_reprs(transport):
     return texts
 
 
+class _Echo:
+    def echo(self, ctxt, x):
+        return x
+
+
+@contextlib.contextmanager
+def echo_server(transport):
+    """An RPC server with an ``echo`` method on topic "sec" for the block; yields a
+    client to it."""
+    server = oslo_messaging.get_rpc_server(
+        transport, oslo_messaging.Target(topic="sec", server="s1"), [_Echo()],
+        executor="threading")
+    server.start()
+    try:
+        yield oslo_messaging.get_rpc_client(
+            transport, oslo_messaging.Target(topic="sec"), timeout=10)
+    finally:
+        server.stop()
+        server.wait()
+
+
 def test_good_login_logs_no_password(im, transports, conf, captured, capfd):
     conf.set_override("trace", True, GROUP)        # protocol traces too
     url = f"amqp://alice:{PASSWORD}@127.0.0.1:{im.plain}/"
     transport = transports(url)
-
-    class Echo:
-        def echo(self, ctxt, x):
-            return x
-    server = oslo_messaging.get_rpc_server(
-        transport, oslo_messaging.Target(topic="sec", server="s1"), [Echo()],
-        executor="threading")
-    server.start()
-    try:
-        client = oslo_messaging.get_rpc_client(
-            transport, oslo_messaging.Target(topic="sec"), timeout=10)
+    with echo_server(transport) as client:
         assert client.call({}, "echo", x="hi") == "hi"
         client.cast({}, "echo", x="cast")
         oslo_messaging.Notifier(transports(url, notification=True), publisher_id="p",
                                 driver="messagingv2", topics=["sec"]).info({}, "e", {})
         texts = driver_reprs(transport)
-    finally:
-        server.stop()
-        server.wait()
     out, err = capfd.readouterr()
     check(captured + texts + [out, err], PASSWORD)
     assert any("alice" in t for t in captured), "nothing was logged about the login"
@@ -186,21 +195,8 @@ def test_external_with_the_right_key_password_logs_none(im, pki, conf, transport
     conf.set_override("ssl_key_password", pki.client_key_password, GROUP)
     conf.set_override("sasl_mechanisms", "EXTERNAL", GROUP)
     transport = transports(f"amqp://localhost:{im.external}/")
-
-    class Echo:
-        def echo(self, ctxt, x):
-            return x
-    server = oslo_messaging.get_rpc_server(
-        transport, oslo_messaging.Target(topic="sec", server="s1"), [Echo()],
-        executor="threading")
-    server.start()
-    try:
-        client = oslo_messaging.get_rpc_client(
-            transport, oslo_messaging.Target(topic="sec"), timeout=10)
+    with echo_server(transport) as client:
         assert client.call({}, "echo", x="ext") == "ext"
         texts = driver_reprs(transport)
-    finally:
-        server.stop()
-        server.wait()
     out, err = capfd.readouterr()
     check(captured + texts + [out, err], pki.client_key_password)

@@ -32,6 +32,7 @@ import fastamqp.engine
 from engines import ENGINES
 from fastamqp import opts
 from fastamqp.intermediary import Intermediary
+from oslo_env import transport_factory
 
 pytestmark = pytest.mark.faults
 
@@ -74,17 +75,7 @@ def conf():
 
 @pytest.fixture
 def transports(conf, engine):
-    made = []
-
-    def make(url, notification=False):
-        factory = (oslo_messaging.get_notification_transport if notification
-                   else oslo_messaging.get_rpc_transport)
-        transport = factory(conf, url=url)
-        made.append(transport)
-        return transport
-    yield make
-    for transport in made:
-        transport.cleanup()
+    yield from transport_factory(conf)
 
 
 def wait_until(predicate, timeout=TIMEOUT, step=0.05):

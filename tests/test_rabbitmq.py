@@ -26,6 +26,7 @@ from engines import ENGINE_TESTS_DONE
 from fastamqp import addressing, engine, rabbitmq
 from fastamqp.addressing import AddressingConfig, choose_addresser
 from fastamqp.interface import Host, PeerInfo
+from oslo_env import transport_factory
 
 import rabbit
 
@@ -202,17 +203,7 @@ def conf():
 
 @pytest.fixture
 def transports(conf):
-    made = []
-
-    def make(url, notification=False):
-        factory = (oslo_messaging.get_notification_transport if notification
-                   else oslo_messaging.get_rpc_transport)
-        transport = factory(conf, url=url)
-        made.append(transport)
-        return transport
-    yield make
-    for transport in made:
-        transport.cleanup()
+    yield from transport_factory(conf)
 
 
 @pytest.fixture

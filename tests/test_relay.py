@@ -14,7 +14,10 @@ import pytest
 from proton import Delivery, Message, Timeout, symbol
 from proton.utils import BlockingConnection, SendException
 
+import fastamqp.engine
+from engines import ENGINES
 from fastamqp.intermediary import relay as relay_mod, routing
+from oslo_env import transport_factory
 
 if not relay_mod.available():
     pytest.skip("the fastamqp relay (fastamqp.intermediary._relay) is not built",
@@ -227,22 +230,13 @@ def test_stop_with_live_clients_and_restart(connect):
 TIMEOUT = 10
 
 
-@pytest.fixture
-def transports():
-    import oslo_messaging
+@pytest.fixture(params=ENGINES)
+def transports(request, monkeypatch):
+    """oslo transports on each connection engine in turn (tests/engines.py)."""
     from oslo_config import cfg
+    monkeypatch.setattr(fastamqp.engine, "Connection", request.param)
     cfg.CONF.reset()
-    made = []
-
-    def make(url, notification=False):
-        factory = (oslo_messaging.get_notification_transport if notification
-                   else oslo_messaging.get_rpc_transport)
-        t = factory(cfg.CONF, url=url)
-        made.append(t)
-        return t
-    yield make
-    for t in made:
-        t.cleanup()
+    yield from transport_factory(cfg.CONF)
     cfg.CONF.reset()
 
 
