@@ -27,7 +27,7 @@ import time
 
 from fastamqp import _io, exceptions
 from fastamqp._control import SASL_NONE, SASL_OK, ControlPlane, is_tls_failure
-from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, TLSInfo
+from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, Source, TLSInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -110,6 +110,23 @@ class _ReplyWaiter:
         self._waiter.done()
 
 
+# fa_io.h: how a shared subscription travels to the I/O thread in one string.
+_SOURCE_SEP = "\x1f"
+
+
+def _entries(addresses):
+    out = []
+    for entry in addresses:
+        if isinstance(entry, Source):
+            fields = (entry.address, entry.link_name, " ".join(entry.capabilities))
+            if any(_SOURCE_SEP in f for f in fields):
+                raise ValueError(f"{entry!r}: a control character in a source")
+            out.append(_SOURCE_SEP.join(fields))
+        else:
+            out.append(entry)
+    return out
+
+
 class _Subscription:
     def __init__(self, conn, addresses, credit):
         self._conn = conn
@@ -118,13 +135,13 @@ class _Subscription:
         self._sub = conn._engine.subscription(credit)
         self._waiter = _Waiter(conn, self._sub)
         if not callable(addresses):
-            self._sub.set_addresses(self.addresses)
+            self._sub.set_addresses(_entries(self.addresses))
 
     def refresh(self, peer):
         """Work the addresses out again for ``peer`` (a function of the PeerInfo)."""
         if callable(self._address_source) and peer is not None:
             self.addresses = list(self._address_source(peer))
-            self._sub.set_addresses(self.addresses)
+            self._sub.set_addresses(_entries(self.addresses))
 
     def poll(self, max_batch, timeout):
         until = time.monotonic() + (_FAR if timeout is None else timeout)

@@ -15,8 +15,16 @@ follows the new peer.
 
 Targets are duck-typed (``topic``, ``exchange``, ``server``, ``fanout``): this module
 does not import oslo.messaging.
+
+Notification pools (option ``notification_pools``): the notifier sends to the topic's
+multicast address instead of its anycast one, and every consumer group -- each pool,
+and the listeners without a pool as one more group -- consumes from a shared
+subscription to that topic named ``<topic address>#<pool>`` (``#`` alone for the group
+without a pool), so each group gets every notification once.
 """
 import dataclasses
+
+from fastamqp.interface import Source
 
 SERVICE_RPC = "rpc"
 SERVICE_NOTIFY = "notify"
@@ -75,6 +83,22 @@ class Addresser:
         return [self.unicast_address(target, service),
                 self.multicast_address(target, service),
                 self.anycast_address(target, service)]
+
+    # ---- notification pools (the module docstring) --------------------------------
+    def notification_topic(self, target):
+        """Where a notifier sends when pools are on."""
+        return self.multicast_address(target, SERVICE_NOTIFY)
+
+    def notification_group(self, target, pool):
+        """What a listener in ``pool`` (None: no pool) consumes from when pools are
+        on: a shared subscription to the notification topic."""
+        topic = self.notification_topic(target)
+        return Source(topic, group_name(topic, pool))
+
+
+def group_name(topic, pool):
+    """The name of a consumer group's subscription to a notification topic."""
+    return f"{topic}#{pool or ''}"
 
 
 class LegacyAddresser(Addresser):

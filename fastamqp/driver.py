@@ -11,7 +11,7 @@ peer's product, and engine errors to oslo exceptions (REFERENCE §3.7):
   consumer took (released), or one the peer gave no credit for within
   AT_LEAST_ONCE_CREDIT_WAIT (a router with no consumer), raises MessageUndeliverable.
 
-Notification pools are refused with NotificationPoolsUnsupported (see its docstring).
+Notification pools need the notification_pools option (NotificationPoolsUnsupported).
 """
 import logging
 import os
@@ -53,31 +53,21 @@ AT_LEAST_ONCE_CREDIT_WAIT = 5.0
 
 class NotificationPoolsUnsupported(om_exceptions.ConfigurationError,
                                    NotImplementedError):
-    """``get_notification_listener(..., pool=...)`` cannot be honoured over AMQP 1.0
-    addresses on qpidd or qdrouterd.
+    """``get_notification_listener(..., pool=...)`` without the ``notification_pools``
+    option.
 
-    A pool needs the intermediary to keep one copy of every notification per pool
-    (any number of pools, named only by the listeners) and to share each copy among
-    that pool's members. The notifier cannot address pools it does not know, so the
-    intermediary must make the copies from the one address the notifier uses:
-
-    * qdrouterd stores nothing and has one distribution per address prefix:
-      ``multicast`` gives every member of every pool a copy, ``balanced``/``closest``
-      give one listener in total a copy. Neither is "one per pool".
-    * qpidd: a ``queue-patterns`` address is one queue (one copy in total); a
-      ``topic-patterns`` address gives every receiver link its own exclusive
-      subscription queue named ``<container-id>_<link name>`` (every member a
-      copy). Only a source with the ``shared`` capability makes qpidd name the
-      subscription queue after the link name alone and share it among all links of
-      that name: that is a pool, but the pool name then goes in the link name, not
-      the address, and the engine interface (``Connection.subscribe``) can set
-      neither the link name nor source capabilities yet. The notifier would also
-      have to send a second copy to a topic address for the pools, which only a
-      broker can take without a consumer (a router gives no credit).
-
-    Delivering duplicates inside a pool, or dropping the pool's copies, would break the
-    oslo contract silently, so the listener is refused. It is a NotImplementedError
-    as well, as oslo.messaging's driver API asks for unsupported pools.
+    A pool needs the intermediary to keep one copy of every notification per consumer
+    group and to share each copy among the group's members. The original layout
+    cannot: a notification goes to one queue (qpidd ``queue-patterns``) or one
+    ``balanced`` address (qdrouterd), which gives one copy in total. With
+    ``notification_pools = true`` notifiers send to a topic instead and each group
+    consumes from a shared subscription to it (fastamqp.addressing): qpidd shares a
+    subscription queue among links with the ``shared`` source capability and one link
+    name; on RabbitMQ each group is a queue bound to the topic's exchange. qdrouterd
+    stores nothing and has no per-group distribution, so through a router the notify
+    prefix must be link-routed to such a broker. Refusing is better than delivering
+    duplicates inside a pool, or nothing to it. It is a NotImplementedError as well,
+    as oslo.messaging's driver API asks for unsupported pools.
     """
 
 
@@ -155,11 +145,14 @@ class IncomingMessage(base.RpcIncomingMessage):
 class Listener(base.PollStyleListener):
     """An engine subscription seen as an oslo poll-style listener."""
 
-    def __init__(self, driver, subscription, prefetch_size=-1):
+    def __init__(self, driver, subscription, prefetch_size=-1, connection=None,
+                 on_detach=None):
         super().__init__(prefetch_size)
         self.driver = driver
         self._subscription = subscription
         self._halted = threading.Event()     # oslo called stop() or cleanup()
+        self._connection = connection        # a connection of its own, if any
+        self._on_detach = on_detach
 
     @base.batch_poll_helper
     def poll(self, timeout=None):
@@ -196,11 +189,19 @@ class Listener(base.PollStyleListener):
         # Detach the links: a stopped server must not hold messages or credit
         # (REFERENCE §3.9 #4).
         self._halted.set()
-        self._subscription.close()
+        self._detach()
 
     def cleanup(self):
         self._halted.set()
+        self._detach()
+        if self._connection is not None:
+            self._connection.close()
+
+    def _detach(self):
         self._subscription.close()
+        on_detach, self._on_detach = self._on_detach, None
+        if on_detach is not None:
+            on_detach()
 
 
 class ProtonDriver(base.BaseDriver):
@@ -221,7 +222,14 @@ class ProtonDriver(base.BaseDriver):
         self._lock = threading.Lock()
         self._connection = None
         self._pid = None
-        self._addressers = {}
+        # The last peer and its addresser. The peer itself is kept, not its id(): a
+        # new PeerInfo after a failover could be given the freed one's id.
+        self._addresser_for = (None, None)
+        # Notification consumer groups with a shared-subscription link on the
+        # connection, as (exchange, topic, pool): a link name may be used once per
+        # connection, so a second listener of a group gets a connection of its own.
+        self._group_links = set()
+        self._declared = {}   # RabbitMQ group queue -> the peer it was declared on
 
     # ---- the connection, made on first use and again after a fork -------------
     def connection(self):
@@ -232,47 +240,56 @@ class ProtonDriver(base.BaseDriver):
                             "opening a new one in the child")
                 self._connection = None
             if self._connection is None:
-                conf = self.options
-                settings = ConnectionSettings(
-                    container_id=conf.container_name or _container_name(),
-                    properties={"process": os.path.basename(sys.argv[0] or "python"),
-                                "pid": os.getpid(), "node": platform.node()},
-                    virtual_host=None if conf.pseudo_vhost else self._url.virtual_host,
-                    idle_timeout=conf.idle_timeout,
-                    retry_interval=conf.connection_retry_interval,
-                    retry_backoff=conf.connection_retry_backoff,
-                    retry_interval_max=conf.connection_retry_interval_max,
-                    link_retry_delay=conf.link_retry_delay,
-                    sender_link_timeout=conf.default_sender_link_timeout,
-                    reply_link_credit=conf.reply_link_credit,
-                    # A named reply queue of this connection's own on RabbitMQ 3.x
-                    # (no dynamic sources there); dynamic elsewhere.
-                    reply_source=rabbitmq.ReplySource(self._addressing),
-                    trace=conf.trace,
-                    sasl_mechanisms=conf.sasl_mechanisms,
-                    sasl_config_dir=conf.sasl_config_dir or None,
-                    sasl_config_name=conf.sasl_config_name or None,
-                    ssl=conf.ssl,
-                    ssl_ca_file=conf.ssl_ca_file or None,
-                    ssl_cert_file=conf.ssl_cert_file or None,
-                    ssl_key_file=conf.ssl_key_file or None,
-                    ssl_key_password=conf.ssl_key_password,
-                    # Verify the certificate against the virtual host instead of the
-                    # host name (per-vhost certificates with SNI), as the original did.
-                    ssl_peer_name=(self._url.virtual_host if conf.ssl_verify_vhost
-                                   else None) or None)
-                self._connection = engine.Connection(self._hosts, settings)
-                self._connection.start()
+                self._connection = self._new_connection()
                 self._pid = os.getpid()
+                self._group_links = set()
             return self._connection
 
+    def _new_connection(self):
+        """A started engine connection for this transport's URL and options."""
+        connection = engine.Connection(self._hosts, self._connection_settings())
+        connection.start()
+        return connection
+
+    def _connection_settings(self):
+        """Made afresh for each connection: its reply queue name (RabbitMQ) and the
+        pid in its Open properties are its own."""
+        conf = self.options
+        return ConnectionSettings(
+            container_id=conf.container_name or _container_name(),
+            properties={"process": os.path.basename(sys.argv[0] or "python"),
+                        "pid": os.getpid(), "node": platform.node()},
+            virtual_host=None if conf.pseudo_vhost else self._url.virtual_host,
+            idle_timeout=conf.idle_timeout,
+            retry_interval=conf.connection_retry_interval,
+            retry_backoff=conf.connection_retry_backoff,
+            retry_interval_max=conf.connection_retry_interval_max,
+            link_retry_delay=conf.link_retry_delay,
+            sender_link_timeout=conf.default_sender_link_timeout,
+            reply_link_credit=conf.reply_link_credit,
+            # A named reply queue of this connection's own on RabbitMQ 3.x
+            # (no dynamic sources there); dynamic elsewhere.
+            reply_source=rabbitmq.ReplySource(self._addressing),
+            trace=conf.trace,
+            sasl_mechanisms=conf.sasl_mechanisms,
+            sasl_config_dir=conf.sasl_config_dir or None,
+            sasl_config_name=conf.sasl_config_name or None,
+            ssl=conf.ssl,
+            ssl_ca_file=conf.ssl_ca_file or None,
+            ssl_cert_file=conf.ssl_cert_file or None,
+            ssl_key_file=conf.ssl_key_file or None,
+            ssl_key_password=conf.ssl_key_password,
+            # Verify the certificate against the virtual host instead of the
+            # host name (per-vhost certificates with SNI), as the original did.
+            ssl_peer_name=(self._url.virtual_host if conf.ssl_verify_vhost
+                           else None) or None)
+
     def _addresser(self, peer):
-        key = id(peer)
-        addresser = self._addressers.get(key)
-        if addresser is None:
+        last, addresser = self._addresser_for
+        if addresser is None or last is not peer:
             addresser = addressing.choose_addresser(
                 self._addressing, peer.properties if peer else {}, self._vhost)
-            self._addressers = {key: addresser}  # one peer at a time
+            self._addresser_for = (peer, addresser)
         return addresser
 
     def _active_connection(self, deadline, timeout_given):
@@ -403,7 +420,12 @@ class ProtonDriver(base.BaseDriver):
     def send_notification(self, target, ctxt, message, version, retry=None):
         deadline = time.monotonic() + self.options.default_notify_timeout
         conn = self._active_connection(deadline, False)
-        address = self._addresser(conn.peer).resolve(target, addressing.SERVICE_NOTIFY)
+        addresser = self._addresser(conn.peer)
+        if self.options.notification_pools:
+            address = addresser.notification_topic(target)
+            self._declare_groups(conn.peer, addresser, [target], None, notifier=True)
+        else:
+            address = addresser.resolve(target, addressing.SERVICE_NOTIFY)
         payload = codec.encode_notification(address, message, ctxt, version,
                                             serializer=self.serializer)
         budget = None if retry is None or retry < 0 else retry
@@ -434,26 +456,71 @@ class ProtonDriver(base.BaseDriver):
 
     def listen_for_notifications(self, targets_and_priorities, pool, batch_size,
                                  batch_timeout):
-        if pool is not None:
+        pools = self.options.notification_pools
+        if pool is not None and not pools:
             raise NotificationPoolsUnsupported(
-                f"notification pool {pool!r}: the amqp driver cannot give each pool "
-                "its own copy of every notification with members of a pool sharing it; "
-                "qdrouterd has no per-group distribution and qpidd needs a shared "
-                "subscription the engine cannot request (see "
-                "fastamqp.driver.NotificationPoolsUnsupported); listen without a pool "
-                "(listeners compete) or use a separate topic per consumer group")
-        conn = self.connection()
+                f"notification pool {pool!r}: set [{opts.GROUP}] notification_pools = "
+                "true on every notifier and listener of these notifications (it needs "
+                "a broker: see fastamqp.driver.NotificationPoolsUnsupported)")
         # Target.exchange is honoured (the original discarded it: REFERENCE §3.9 #3).
         topics = [oslo_messaging.Target(topic=f"{t.topic}.{priority}",
                                         exchange=t.exchange)
                   for t, priority in targets_and_priorities]
+        conn = self.connection()
+        if not pools:
+            def addresses(peer):
+                addresser = self._addresser(peer)
+                return [addresser.resolve(t, addressing.SERVICE_NOTIFY) for t in topics]
+            subscription = conn.subscribe(addresses, self.options.notify_server_credit)
+            return base.PollStyleListenerAdapter(Listener(self, subscription),
+                                                 batch_size, batch_timeout)
 
-        def addresses(peer):
+        default = (self._addressing.default_notification_exchange
+                   or self._addressing.default_exchange)
+        groups = {(t.exchange or default, t.topic, pool) for t in topics}
+        with self._lock:
+            shared = not groups.isdisjoint(self._group_links)
+            if not shared:
+                self._group_links |= groups
+        own = self._new_connection() if shared else None
+
+        def release():
+            with self._lock:
+                self._group_links -= groups
+
+        def sources(peer):
             addresser = self._addresser(peer)
-            return [addresser.resolve(t, addressing.SERVICE_NOTIFY) for t in topics]
-        subscription = conn.subscribe(addresses, self.options.notify_server_credit)
-        return base.PollStyleListenerAdapter(Listener(self, subscription), batch_size,
-                                             batch_timeout)
+            # On RabbitMQ the group queues are declared again on every connection: a
+            # restarted broker has lost them (they are not durable).
+            self._declare_groups(peer, addresser, topics, pool, notifier=False)
+            return [addresser.notification_group(t, pool) for t in topics]
+        subscription = (own or conn).subscribe(sources, self.options.notify_server_credit)
+        listener = Listener(self, subscription, connection=own,
+                            on_detach=None if shared else release)
+        return base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
+
+    def _declare_groups(self, peer, addresser, targets, pool, notifier):
+        """RabbitMQ only: declare and bind the group queues (fastamqp.rabbitmq). The
+        notifier declares the group without a pool once per connection; a listener
+        its own group on every connection."""
+        if not hasattr(addresser, "group_binding"):
+            return      # qpidd-like brokers make shared subscriptions themselves
+        bindings = [addresser.group_binding(t, pool) for t in targets]
+        if notifier:
+            bindings = [b for b in bindings if self._declared.get(b.queue) is not peer]
+            if not bindings:
+                return
+        try:
+            rabbitmq.declare_groups(peer.host, bindings, self._connection_settings())
+        except ConnectionError as exc:
+            if notifier:
+                raise om_exceptions.MessageDeliveryFailure(str(exc)) from None
+            # The links attach all the same (a queue a previous run declared and
+            # bound still works); the error names what may be missing.
+            LOG.error("%s", exc)
+            return
+        if notifier:
+            self._declared.update((b.queue, peer) for b in bindings)
 
     def cleanup(self):
         with self._lock:

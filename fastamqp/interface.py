@@ -120,6 +120,39 @@ class PeerInfo:
         return self.properties.get("version")
 
 
+# The source capabilities of a shared subscription. "shared": the subscription may
+# have several consuming links, each message going to one of them; "global": its
+# identity is the link name alone, not scoped to our container id (every process
+# has its own); "topic": the address names a topic (exchange), so a broker that has
+# a queue of the same name does not pick the queue.
+SHARED_SUBSCRIPTION = ("shared", "global", "topic")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A receiver source that is a shared subscription to a topic, not a plain
+    address: what a notification pool consumes from.
+
+    The subscription is named by ``link_name``. qpidd (qpid-cpp 0.34 and later,
+    broker/amqp/Session.cpp) makes a receiver on an exchange with the ``shared``
+    source capability consume from a subscription queue named after the link name
+    alone, created by the first such link and shared by every link of that name from
+    any connection; without it each link gets a private queue. The source asks never
+    to expire, so the queue keeps what arrives while the group has no member attached.
+    The link name is used as given: two shared links of one name must not share a
+    connection (AMQP link names are unique per connection and direction).
+    """
+
+    address: str
+    link_name: str
+    capabilities: tuple = SHARED_SUBSCRIPTION
+
+
+def source_address(entry) -> str:
+    """The address of a subscription entry (a str or a :class:`Source`)."""
+    return entry.address if isinstance(entry, Source) else entry
+
+
 @dataclasses.dataclass
 class Delivery:
     """A message received on a subscription, until settled."""
@@ -171,4 +204,6 @@ class Connection(Protocol):
 
     def subscribe(self, addresses, credit: int) -> Subscription:
         """Receiver links with ``credit`` each. ``addresses`` is a list, or a function
-        of the PeerInfo returning one, called again on every (re)connection."""
+        of the PeerInfo returning one, called again on every (re)connection; each
+        entry an address or a :class:`Source`. A delivery's ``address`` is its
+        source's address."""

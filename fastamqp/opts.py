@@ -158,6 +158,18 @@ fastamqp_opts = [
                     "the original driver wrote (an AMQP string of JSON text) and what "
                     "every peer reads; 'msgpack' is smaller and faster but only "
                     "fastamqp reads it. Received messages are read in either format."),
+    cfg.BoolOpt("notification_pools", default=False,
+                help="Deliver notifications so that listener pools work "
+                     "(get_notification_listener(..., pool=...)): notifiers send to "
+                     "the topic's multicast address, and every consumer group -- each "
+                     "pool, and the listeners without a pool as one more group -- "
+                     "gets its own copy of every notification, shared among the "
+                     "group's members. Set it alike on every notifier and listener of "
+                     "the notifications. Needs a broker: qpidd (shared subscriptions; "
+                     "a topic pattern for the multicast prefix) or RabbitMQ (group "
+                     "queues declared over AMQP 0-9-1 on the same port). Off: the "
+                     "original driver's layout (one queue per topic, listeners "
+                     "compete) and a pool is refused."),
 ]
 
 ALL_OPTS = amqp1_opts + fastamqp_opts

@@ -29,17 +29,32 @@ so no topic character is ever a wildcard): every RPC server's link gets its own 
 bound to it, so every server gets each fanout message. Anycast, direct and
 notification queues are shared, so their consumers compete.
 
+Notification pools (option ``notification_pools``): RabbitMQ ignores the ``shared``
+source capability (each ``/exchange`` receiver gets a private queue), so a consumer
+group is a queue of its own, ``<topic name>#<pool>``, bound to amq.direct with the
+topic name as routing key; the notifier publishes to amq.direct with that key. AMQP 1.0
+can neither declare nor bind such a queue on 3.x, so fastamqp does it over AMQP 0-9-1
+on the same port with the same credentials (:func:`declare_groups`): the listener for
+its own group on every (re)connection, the notifier for the group without a pool
+before its first notification to a topic (as the rabbit driver declares the default
+notification queue), so nothing sent before the first listener starts is lost.
+
 Replies: RabbitMQ 3.x has no dynamic sources, so each connection consumes from a named
 queue of its own, ``fastamqp-reply.<uuid>`` (:class:`ReplySource`). The 3.x plugin
 declares every queue non-exclusive and not auto-delete (whatever the link asks), so
 these queues and the ``amq.gen-`` fanout queues outlive their client unless the
 operator gives them an expiry policy (TRANSIENT_QUEUE_PATTERN, docs/rabbitmq.md).
 """
+import collections
+import logging
 import re
+import ssl
 import uuid
 from urllib.parse import quote
 
 from fastamqp import addressing
+
+LOG = logging.getLogger(__name__)
 
 PRODUCT = "rabbitmq"                  # the Open property product, compared caseless
 MODE = "rabbitmq"                     # the addressing_mode value that forces it
@@ -48,6 +63,11 @@ FANOUT_EXCHANGE = "amq.direct"
 REPLY_QUEUE_PREFIX = "fastamqp-reply."
 # The queues that must not outlive their client: for an operator policy with "expires".
 TRANSIENT_QUEUE_PATTERN = r"^(fastamqp-reply\.|amq\.gen-)"
+GROUP_EXCHANGE = "amq.direct"         # notification pools (module docstring)
+DECLARE_TIMEOUT = 10.0
+
+# A notification consumer group's queue and how it is bound.
+GroupBinding = collections.namedtuple("GroupBinding", "queue exchange key")
 
 
 def is_rabbitmq(peer_properties):
@@ -137,6 +157,18 @@ class RabbitMQAddresser(addressing.Addresser):
                 self.fanout_subscription(target, service),
                 self.anycast_address(target, service)]
 
+    # ---- notification pools (module docstring) ------------------------------------
+    def group_binding(self, target, pool):
+        key = self._names.multicast_address(target, addressing.SERVICE_NOTIFY)
+        return GroupBinding(addressing.group_name(key, pool), GROUP_EXCHANGE, key)
+
+    def notification_topic(self, target):
+        binding = self.group_binding(target, None)
+        return self._exchange(binding.exchange, binding.key)
+
+    def notification_group(self, target, pool):
+        return self._queue(self.group_binding(target, pool).queue)
+
 
 class ReplySource:
     """``ConnectionSettings.reply_source`` for one driver connection.
@@ -159,3 +191,47 @@ class ReplySource:
         if uses_v2(properties):
             return None
         return v1_queue(self.queue)
+
+
+def _tls_options(settings, hostname):
+    """py-amqp's TLS options for the AMQP 0-9-1 side connection, verifying as the AMQP
+    1.0 connection does (fastamqp._control): the CA file or else the system CAs, and
+    the server's name."""
+    if settings.ssl_key_password:
+        raise ConnectionError("ssl_key_password is set, and the AMQP 0-9-1 connection "
+                              "that declares notification pool queues cannot use an "
+                              "encrypted client key")
+    return {"ca_certs": settings.ssl_ca_file or None,
+            "certfile": settings.ssl_cert_file or None,
+            "keyfile": settings.ssl_key_file or settings.ssl_cert_file or None,
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": settings.ssl_peer_name or hostname}
+
+
+def declare_groups(host, bindings, settings=None, timeout=DECLARE_TIMEOUT):
+    """Declare each GroupBinding's queue and bind it, over AMQP 0-9-1 to ``host`` (a
+    fastamqp.interface.Host on the port that also speaks AMQP 1.0).
+
+    The queue is declared as the AMQP 1.0 plugin declares a ``/queue/`` node
+    (non-durable, not exclusive, not auto-delete), so that the listener's link finds
+    it as it would have made it. Raises ``ConnectionError`` naming the cause.
+    """
+    import amqp   # py-amqp: oslo.messaging's rabbit driver needs it, so it is there
+    options = {}
+    if settings is not None and settings.tls:
+        options["ssl"] = _tls_options(settings, host.hostname)
+    where = f"{host.hostname}:{host.port}"
+    try:
+        with amqp.Connection(host=where, userid=host.username or "guest",
+                             password=host.password or "guest", virtual_host="/",
+                             connect_timeout=timeout, read_timeout=timeout,
+                             write_timeout=timeout, **options) as conn:
+            channel = conn.channel()
+            for binding in bindings:
+                channel.queue_declare(binding.queue, durable=False, auto_delete=False)
+                channel.queue_bind(binding.queue, binding.exchange, binding.key)
+    except Exception as exc:
+        raise ConnectionError(
+            f"RabbitMQ at {where}: declaring the notification pool queue(s) "
+            f"{', '.join(b.queue for b in bindings)} over AMQP 0-9-1 failed: "
+            f"{type(exc).__name__}: {exc}") from None

@@ -101,11 +101,15 @@ def _free_port(below=None):
 class RabbitNode:
     """One private RabbitMQ node (see the module docstring)."""
 
-    def __init__(self, base_dir, user="guest", password="guest"):
+    def __init__(self, base_dir, user="guest", password="guest", tls=None):
+        """``tls``: (CA file, certificate file, key file) for a TLS listener on
+        ``tls_port`` as well (AMQP 0-9-1 and 1.0, as on the plain port)."""
         self.base_dir = str(base_dir)
         self.user = user
         self.password = password
         self.port = _free_port()
+        self.tls = tls
+        self.tls_port = _free_port() if tls else None
         # rabbitmqctl picks its own distribution port at dist_port + 10000 .. + 10010,
         # which must stay a valid port number.
         self.dist_port = _free_port(below=55000)
@@ -154,6 +158,14 @@ class RabbitNode:
             f.write("loopback_users.guest = true\n"
                     # A test machine's disk may be nearly full: do not block publishers.
                     "disk_free_limit.absolute = 1MB\n")
+            if self.tls:
+                ca, cert, key = self.tls
+                f.write(f"listeners.ssl.1 = 127.0.0.1:{self.tls_port}\n"
+                        f"ssl_options.cacertfile = {ca}\n"
+                        f"ssl_options.certfile = {cert}\n"
+                        f"ssl_options.keyfile = {key}\n"
+                        "ssl_options.verify = verify_none\n"
+                        "ssl_options.fail_if_no_peer_cert = false\n")
 
     # ---- control -----------------------------------------------------------------
     def ctl(self, *args, timeout=60, check=True):
@@ -213,10 +225,11 @@ class RabbitNode:
         self.startup_seconds = time.monotonic() - started
         return self
 
-    def url(self, user=None, password=None, vhost=""):
+    def url(self, user=None, password=None, vhost="", tls=False):
         user = self.user if user is None else user
         password = self.password if password is None else password
-        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/{vhost}"
+        port = self.tls_port if tls else self.port
+        return f"amqp://{user}:{password}@127.0.0.1:{port}/{vhost}"
 
     def queues(self):
         """{queue name: {"messages", "consumers", "auto_delete", "exclusive",

@@ -13,7 +13,7 @@ from fastamqp import exceptions
 from fastamqp._pure import connection as pure_connection
 from engines import ENGINES
 from fastamqp.engine import py_codec as codec
-from fastamqp.interface import ConnectionSettings, Host, Outcome
+from fastamqp.interface import ConnectionSettings, Host, Outcome, Source
 from fastamqp.intermediary import Intermediary
 
 TIMEOUT = 10
@@ -251,6 +251,54 @@ def test_link_detached_by_the_peer_comes_back(connect, broker):
     time.sleep(1.0)   # link_retry_delay is 0.2 s here
     conn.send(address, request(address), presettled=False, deadline=deadline())
     assert codec.decode(poll_one(sub).payload).request == {"method": "m"}
+
+
+def test_shared_subscriptions_in_a_broker(connect, broker):
+    # interface.Source: links of one name with the "shared" capability consume from
+    # one subscription queue (qpidd), from any connection; a plain receiver on the
+    # topic has a private one. After the peer detaches them they come back under the
+    # same name, still shared.
+    topic = "broadcast.openstack.events.info.all"
+    members = [connect(broker).subscribe([Source(topic, f"{topic}#g")], 10)
+               for _ in range(2)]
+    other = connect(broker).subscribe([Source(topic, f"{topic}#h")], 10)
+    private = connect(broker).subscribe([topic], 10)
+    sender = connect(broker)
+
+    def groups():
+        return {name: g["consumers"]
+                for name, g in broker.counters["shared_subscriptions"].items()}
+
+    def wait_groups():
+        end = deadline()
+        while groups() != {f"{topic}#g": 2, f"{topic}#h": 1}:
+            assert time.monotonic() < end, groups()
+            time.sleep(0.05)
+
+    def take_all(sub, timeout=0.5):
+        got = []
+        while True:
+            batch = sub.poll(10, timeout)
+            if not batch:
+                return got
+            for delivery in batch:
+                assert delivery.address == topic
+                got.append(codec.decode(delivery.payload).request["method"])
+                sub.settle(delivery, Outcome.ACCEPTED)
+
+    for round_ in range(2):
+        wait_groups()
+        time.sleep(0.2)      # the private receiver's link too
+        sent = [f"r{round_}m{i}" for i in range(10)]
+        for method in sent:
+            assert sender.send(topic, request(topic, method), presettled=False,
+                               deadline=deadline()).outcome is Outcome.ACCEPTED
+        shares = [take_all(m) for m in members]
+        assert sorted(shares[0] + shares[1]) == sorted(sent)   # the group: once each
+        assert all(shares)                                     # both members a share
+        assert take_all(other) == sent and take_all(private) == sent
+        # Every link on the topic (4 receivers, the sender): all come back.
+        assert broker.faults.close_links(topic) == 5
 
 
 def test_many_calls_outstanding(connect, broker):

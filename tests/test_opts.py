@@ -70,8 +70,9 @@ def test_unknown_serializer_rejected(conf):
 def test_list_opts_for_the_config_generator():
     [(group, listed)] = opts.list_opts()
     assert group == "oslo_messaging_amqp"
-    assert {o.name for o in listed} >= {"serializer", "pre_settled", "idle_timeout"}
-    assert len(listed) == 39
+    assert {o.name for o in listed} >= {"serializer", "pre_settled", "idle_timeout",
+                                        "notification_pools"}
+    assert len(listed) == 40      # the original's 38, serializer, notification_pools
 
 
 def test_config_generator_entry_point():

@@ -12,6 +12,7 @@ The behavioural tests run on each connection engine that imports: the pure-Pytho
 oslo.messaging 18.3's tracing options live on the global cfg.CONF (a private
 ConfigOpts fails on send), so the tests use cfg.CONF and reset it afterwards.
 """
+import dataclasses
 import os
 import re
 import threading
@@ -28,6 +29,7 @@ from fastamqp.addressing import AddressingConfig, choose_addresser
 from fastamqp.interface import Host, PeerInfo
 from oslo_env import transport_factory
 
+import certs
 import rabbit
 
 TIMEOUT = 15
@@ -163,7 +165,12 @@ def rabbit_node(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(f"{why}; CI machines must have it", pytrace=False)
         pytest.skip(why)
-    node = rabbit.RabbitNode(tmp_path_factory.mktemp("rabbitmq"))
+    # A TLS listener as well, with the test PKI's server certificate (127.0.0.1).
+    pki = certs.make_pki(tmp_path_factory.mktemp("rabbit-pki")) if certs.have_openssl() \
+        else None
+    node = rabbit.RabbitNode(tmp_path_factory.mktemp("rabbitmq"),
+                             tls=(pki.ca, *pki.server) if pki else None)
+    node.pki = pki
     node.start()
     try:
         # What docs/rabbitmq.md asks of operators, with a short period for the tests.
@@ -502,13 +509,144 @@ def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl
             listener.wait()
 
 
-def test_notification_pool_is_refused(rabbit_node, engine_impl, transports, topic):
-    # A pool needs a shared queue bound to an exchange; the 3.x plugin only binds
-    # private, server-named queues, so the driver refuses pools (it does not deliver
-    # duplicates or lose the pool's copies silently).
+def pools_url(node):
+    return node.url() + "?notification_pools=true"
+
+
+def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, transports,
+                                                   topic):
+    url = pools_url(rabbit_node)
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="compute.host1",
+                                       driver="messagingv2", topics=[topic])
+    # Before any listener: the notifier has declared the group without a pool (as
+    # the rabbit driver declares its default queue), so this one is kept for it.
+    notifier.info({}, "compute.instance.create.end", {"n": 0})
+    groups = {None: [NotificationEndpoint(), NotificationEndpoint()],
+              "billing": [NotificationEndpoint(), NotificationEndpoint()],
+              "audit": [NotificationEndpoint()]}
+    listeners = [listener_for(transports(url, notification=True), topic, e, pool)
+                 for pool, members in groups.items() for e in members]
+    try:
+        a = choose_addresser(CONFIG, RABBIT3)
+        queues = {pool: a.group_binding(T(topic=f"{topic}.info"), pool).queue
+                  for pool in groups}
+        for pool, members in groups.items():
+            assert wait_for_consumers(rabbit_node, [queues[pool]], count=len(members))
+        # Each group is a queue of its own, bound to amq.direct with the topic name.
+        assert queues[None].endswith("#") and queues["billing"].endswith("#billing")
+        bindings = rabbit_node.ctl("list_bindings", "-q", "source_name",
+                                   "destination_name", "routing_key")
+        for queue in queues.values():
+            assert f"amq.direct\t{queue}\t{queue.rsplit('#', 1)[0]}" in bindings
+        for n in range(1, 21):
+            notifier.info({}, "compute.instance.create.end", {"n": n})
+        everyone = [e for members in groups.values() for e in members]
+        assert wait_until(lambda: sum(len(e.received) for e in everyone) >= 20 * 3 + 1)
+        time.sleep(0.5)
+        for pool, members in groups.items():
+            seen = sorted(n for e in members for n in e.received)
+            # The group without a pool also has the one sent before it listened.
+            assert seen == list(range(0 if pool is None else 1, 21)), pool
+            assert all(e.received for e in members), pool
+    finally:
+        for listener in listeners:
+            listener.stop()
+            listener.wait()
+
+
+def test_a_pool_queue_keeps_notifications_while_its_listeners_are_away(
+        rabbit_node, engine_impl, transports, topic):
+    url = pools_url(rabbit_node)
+    first = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, first, "billing")
+    queue = choose_addresser(CONFIG, RABBIT3).group_binding(
+        T(topic=f"{topic}.info"), "billing").queue
+    assert wait_for_consumers(rabbit_node, [queue])
+    listener.stop()
+    listener.wait()
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="p", driver="messagingv2",
+                                       topics=[topic])
+    for n in range(3):
+        notifier.info({}, "e", {"n": n})
+    assert wait_until(lambda: rabbit_node.queues().get(queue, {}).get("messages") == 3)
+    later = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, later, "billing")
+    try:
+        assert later.wait_for(3)
+        assert first.received == [] and sorted(later.received) == [0, 1, 2]
+    finally:
+        listener.stop()
+        listener.wait()
+
+
+def test_a_pool_without_the_option_is_refused(rabbit_node, engine_impl, transports,
+                                              topic):
     transport = transports(rabbit_node.url(), notification=True)
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="notification_pools"):
         listener_for(transport, topic, NotificationEndpoint(), pool="billing")
+
+
+def test_pool_declaration_failure_names_the_cause(rabbit_node, engine_impl, transports,
+                                                  topic):
+    # The notifier's declaration goes over AMQP 0-9-1 with the URL's credentials;
+    # when it cannot, the send fails and says why.
+    url = rabbit_node.url()
+    transport = transports(url + "?notification_pools=true", notification=True)
+    driver = transport._driver
+    driver.connection().wait_active(TIMEOUT)
+    peer = driver.connection().peer
+    bad = dataclasses.replace(peer, host=dataclasses.replace(peer.host, port=1))
+    addresser = driver._addresser(peer)
+    with pytest.raises(oslo_messaging.MessageDeliveryFailure,
+                       match="AMQP 0-9-1 failed") as info:
+        driver._declare_groups(bad, addresser, [T(topic=f"{topic}.info")], None,
+                               notifier=True)
+    assert "127.0.0.1:1" in str(info.value) and "#" in str(info.value)
+
+
+def tls_url(node, **query):
+    if node.pki is None:
+        pytest.skip("no openssl to make the test certificates")
+    query = "&".join(f"{k}={v}" for k, v in query.items())
+    return node.url(tls=True) + "?ssl=true&" + query
+
+
+def test_tls_rpc_and_pooled_notifications(rabbit_node, engine_impl, transports, topic):
+    # Verified TLS (the test CA, the server's 127.0.0.1 name) for the AMQP 1.0
+    # connection, and for the AMQP 0-9-1 one that declares the pool queues.
+    url = tls_url(rabbit_node, ssl_ca_file=rabbit_node.pki.ca, notification_pools="true")
+    rpc_server = start_server(transports(url), Calculator(), topic, "host1")
+    events = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, events, "billing")
+    try:
+        client_transport = transports(url)
+        client = oslo_messaging.get_rpc_client(
+            client_transport, oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        assert client.call({}, "add", a=40, b=2) == 42
+        peer = client_transport._driver.connection().peer
+        assert peer.tls is not None and peer.tls.protocol
+        queue = choose_addresser(CONFIG, RABBIT3).group_binding(
+            T(topic=f"{topic}.info"), "billing").queue
+        assert wait_for_consumers(rabbit_node, [queue])
+        oslo_messaging.Notifier(transports(url, notification=True), publisher_id="p",
+                                driver="messagingv2", topics=[topic]).info(
+            {}, "e", {"n": 5})
+        assert events.wait_for(1) and events.received == [5]
+    finally:
+        stop(rpc_server)
+        listener.stop()
+        listener.wait()
+
+
+def test_tls_server_not_trusted_fails_naming_verification(rabbit_node, engine_impl,
+                                                          transports, topic):
+    # No ssl_ca_file: the system CAs, which do not know the test CA.
+    client = oslo_messaging.get_rpc_client(
+        transports(tls_url(rabbit_node)), oslo_messaging.Target(topic=topic), timeout=5)
+    with pytest.raises(oslo_messaging.MessagingException, match="did not verify|TLS"):
+        client.call({}, "add", a=1, b=2)
 
 
 def test_sasl_plain_with_guest(rabbit_node, engine_impl, transports, topic):

@@ -289,6 +289,22 @@ def test_oslo_notifications_through_broker(transports):
         check_notification_stored_then_delivered(transports, broker.url)
 
 
+def test_oslo_notification_pools_through_broker(transports):
+    # The relay shares subscriptions as BrokerCore does (tests/test_pools.py).
+    from test_pools import check_groups
+    with Relay(mode="broker") as broker:
+        transport = transports(broker.url + "?notification_pools=true",
+                               notification=True)
+
+        def wait_attached(groups):
+            deadline = time.monotonic() + TIMEOUT
+            while broker.counters["links"] < sum(groups.values()):
+                assert time.monotonic() < deadline, broker.counters
+                time.sleep(0.05)
+            time.sleep(0.2)
+        check_groups(transport, wait_attached)
+
+
 def _child_env():
     """The environment of a child that must import the fastamqp this process imported
     (the installed one in CI, whose relay is built; not the source tree's)."""

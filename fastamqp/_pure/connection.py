@@ -32,7 +32,8 @@ import pyngus
 
 from fastamqp import exceptions
 from fastamqp._control import ControlPlane, is_tls_failure
-from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, TLSInfo
+from fastamqp.interface import (Delivery, Outcome, PeerInfo, SendResult, Source,
+                                TLSInfo, source_address)
 
 LOG = logging.getLogger(__name__)
 
@@ -291,7 +292,16 @@ class _ReplyLink:
         self.engine._connection_lost(f"reply link detached: {condition}")
 
     def receiver_closed(self, link):
-        pass
+        # Closed at both ends: free it, and its name with it (the next link of a
+        # shared subscription on this connection has the same name). Not from
+        # inside pyngus's callback.
+        def destroy():
+            if link._pn_link is not None:
+                try:
+                    link.destroy()
+                except Exception:  # its connection was destroyed first: nothing left
+                    LOG.debug("destroying a closed receiver link", exc_info=True)
+        self.engine._later(0, destroy)
 
     def receiver_failed(self, link, error):
         self.engine._connection_lost(f"reply link failed: {error}")
@@ -347,14 +357,39 @@ class _Subscription:
     def attach(self, pyngus_conn):
         if callable(self._address_source):
             self.addresses = list(self._address_source(self.engine.peer))
-        for address in self.addresses:
+        for entry in self.addresses:
+            self.open_link(pyngus_conn, entry)
+
+    def open_link(self, pyngus_conn, entry):
+        """A receiver on ``entry`` (an address or a Source), kept in ``links``."""
+        address = source_address(entry)
+        if isinstance(entry, Source):
+            name = entry.link_name
+            # pyngus keeps a link's name until the link is destroyed: while a previous
+            # link of this shared subscription is still closing, try again shortly.
+            if name in pyngus_conn._receiver_links:
+                def again():
+                    if not self.closed and self.engine._pconn is pyngus_conn:
+                        self.open_link(pyngus_conn, entry)
+                self.engine._later(0.05, again)
+                return
+        else:
             name = f"fastamqp/receiver/[{address}]/{next(self.engine._ids)}"
-            link = _receive_raw(pyngus_conn.create_receiver(
-                address, address, event_handler=self, name=name))
-            link.user_context = address
-            link.add_capacity(self.credit)
-            link.open()
-            self.links[address] = link
+        link = _receive_raw(pyngus_conn.create_receiver(
+            address, address, event_handler=self, name=name))
+        if isinstance(entry, Source):
+            source = link._pn_link.source
+            source.capabilities.put_array(False, proton.Data.SYMBOL)
+            source.capabilities.enter()
+            for capability in entry.capabilities:
+                source.capabilities.put_symbol(capability)
+            source.capabilities.exit()
+            # The group's queue must outlive its listeners (interface.Source).
+            source.expiry_policy = proton.Terminus.EXPIRE_NEVER
+        link.user_context = entry
+        link.add_capacity(self.credit)
+        link.open()
+        self.links[entry] = link
 
     # pyngus ReceiverEventHandler (I/O thread)
     def receiver_active(self, link):
@@ -366,13 +401,22 @@ class _Subscription:
         self.engine._receiver_lost(self, link.user_context)
 
     def receiver_closed(self, link):
-        pass
+        # Closed at both ends: free it, and its name with it (the next link of a
+        # shared subscription on this connection has the same name). Not from
+        # inside pyngus's callback.
+        def destroy():
+            if link._pn_link is not None:
+                try:
+                    link.destroy()
+                except Exception:  # its connection was destroyed first: nothing left
+                    LOG.debug("destroying a closed receiver link", exc_info=True)
+        self.engine._later(0, destroy)
 
     def receiver_failed(self, link, error):
         self.engine._receiver_lost(self, link.user_context)
 
     def message_received(self, link, data, handle):
-        delivery = Delivery(data, link.user_context,
+        delivery = Delivery(data, source_address(link.user_context),
                             (self.engine._generation, link, handle))
         with self._cond:
             self._queue.append(delivery)
@@ -831,8 +875,8 @@ class Connection(ControlPlane):
                 send.finish(error=exceptions.SendFailure(
                     f"the peer detached the link to {sender.address}: {reason}"))
 
-    def _receiver_lost(self, sub, address):
-        link = sub.links.pop(address, None)
+    def _receiver_lost(self, sub, entry):
+        link = sub.links.pop(entry, None)
         if link is not None:
             try:
                 link.close()
@@ -842,13 +886,7 @@ class Connection(ControlPlane):
         def reattach():
             if sub.closed or self._pconn is None or not self._active.is_set():
                 return
-            name = f"fastamqp/receiver/[{address}]/{next(self._ids)}"
-            new = _receive_raw(self._pconn.create_receiver(
-                address, address, event_handler=sub, name=name))
-            new.user_context = address
-            new.add_capacity(sub.credit)
-            new.open()
-            sub.links[address] = new
+            sub.open_link(self._pconn, entry)
         self._later(self._settings.link_retry_delay, reattach)
 
     # ---- pyngus ConnectionEventHandler (I/O thread) ----------------------------

@@ -276,7 +276,8 @@ struct fa_sub {
 typedef struct rlink {               /* a receiver link of this connection */
     struct rlink *next;               /* io->rlinks: freed with the connection */
     fa_sub *sub;                      /* NULL: the reply link */
-    char *address;
+    char *address;                    /* the source address */
+    char *spec;                       /* the subscription entry, for re-attaching */
     pn_link_t *link;
     int closed;
     int credit;
@@ -1266,7 +1267,7 @@ static void requeue_written(fa_io *io, oplist *l)
 static void teardown(fa_io *io)
 {
     rlink *r = io->rlinks;
-    while (r) { rlink *n = r->next; free(r->address); free(r); r = n; }
+    while (r) { rlink *n = r->next; free(r->address); free(r->spec); free(r); r = n; }
     io->rlinks = io->reply_link = NULL;
     if (io->have_driver) {
         pn_connection_driver_destroy(&io->driver);
@@ -1335,11 +1336,15 @@ static void connection_lost(fa_io *io, const char *fmt, ...)
 /* ---- links (I/O thread) ----------------------------------------------------------- */
 
 static pn_link_t *new_link(fa_io *io, int is_sender, const char *address, int dynamic,
-                           const char *label)
+                           const char *label, const char *link_name)
 {
     char name[512];
-    snprintf(name, sizeof name, "fastamqp/%s/[%s]/%llu", is_sender ? "sender" : "receiver",
-             label, (unsigned long long)++io->link_counter);
+    if (link_name)
+        snprintf(name, sizeof name, "%s", link_name);
+    else
+        snprintf(name, sizeof name, "fastamqp/%s/[%s]/%llu",
+                 is_sender ? "sender" : "receiver", label,
+                 (unsigned long long)++io->link_counter);
     pn_link_t *l = is_sender ? pn_sender(io->session, name) : pn_receiver(io->session, name);
     pn_terminus_t *src = pn_link_source(l), *tgt = pn_link_target(l);
     if (dynamic) {
@@ -1356,14 +1361,59 @@ static pn_link_t *new_link(fa_io *io, int is_sender, const char *address, int dy
     return l;
 }
 
-static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *address, int credit,
+/* Splits a subscription entry (fa_io.h) into its address, link name and source
+ * capabilities; the two last are NULL for a plain address. Returns a malloc'd copy
+ * that the three pointers point into. */
+static char *split_entry(const char *entry, const char **address, const char **name,
+                         const char **caps)
+{
+    char *copy = strdup(entry), *sep;
+    *address = copy;
+    *name = *caps = NULL;
+    if ((sep = strchr(copy, FA_SOURCE_SEP))) {
+        *sep = '\0';
+        *name = sep + 1;
+        if ((sep = strchr(sep + 1, FA_SOURCE_SEP))) {
+            *sep = '\0';
+            *caps = sep + 1;
+        }
+    }
+    return copy;
+}
+
+static void put_capabilities(pn_data_t *data, const char *caps)
+{
+    /* An array of symbols, as the spec's multiple="true" fields are sent. */
+    pn_data_put_array(data, false, PN_SYMBOL);
+    pn_data_enter(data);
+    while (*caps) {
+        size_t n = strcspn(caps, " ");
+        if (n) pn_data_put_symbol(data, pn_bytes(n, caps));
+        caps += n;
+        while (*caps == ' ') caps++;
+    }
+    pn_data_exit(data);
+}
+
+static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *entry, int credit,
                               int dynamic)
 {
+    const char *address = NULL, *name = NULL, *caps = NULL;
+    char *parts = entry ? split_entry(entry, &address, &name, &caps) : NULL;
     rlink *r = calloc(1, sizeof *r);
     r->sub = sub;
     r->address = strdup(address ? address : "rpc-response");
+    r->spec = entry ? strdup(entry) : NULL;
     r->credit = credit;
-    r->link = new_link(io, 0, address, dynamic, dynamic ? "rpc-response" : address);
+    r->link = new_link(io, 0, address, dynamic, dynamic ? "rpc-response" : address, name);
+    if (name) {
+        pn_terminus_t *src = pn_link_source(r->link);
+        if (caps && *caps) put_capabilities(pn_terminus_capabilities(src), caps);
+        /* The group's queue must outlive its listeners: notifications that arrive
+         * while no member is attached wait for the next one. */
+        pn_terminus_set_expiry_policy(src, PN_EXPIRE_NEVER);
+    }
+    free(parts);
     pn_link_set_context(r->link, r);
     pn_link_open(r->link);
     pn_link_flow(r->link, credit);
@@ -1392,7 +1442,7 @@ static sender *get_sender(fa_io *io, const char *address)
     s->address = strdup(address);
     s->last_used = fa_monotonic();
     map_put(&io->senders, address, s);
-    s->link = new_link(io, 1, address, 0, address);
+    s->link = new_link(io, 1, address, 0, address, NULL);
     pn_link_set_context(s->link, s);
     pn_link_open(s->link);
     return s;
@@ -1473,7 +1523,7 @@ static void receiver_lost(fa_io *io, rlink *r)
     pthread_mutex_lock(&io->lock);
     int closed = r->sub->closed;
     pthread_mutex_unlock(&io->lock);
-    if (!closed) add_timer(io, io->link_retry_delay, T_REATTACH, r->sub, r->address);
+    if (!closed) add_timer(io, io->link_retry_delay, T_REATTACH, r->sub, r->spec);
 }
 
 static void describe_condition(pn_condition_t *cond, char *out, size_t len)

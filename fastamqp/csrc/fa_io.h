@@ -133,6 +133,13 @@ void fa_call_unref(fa_call *call);
 
 /* subscriptions */
 fa_sub *fa_sub_new(fa_io *io, int credit);
+/* Each entry is an address, or a shared subscription written as
+ *   address US link-name US capabilities
+ * (US: FA_SOURCE_SEP; capabilities space separated). A shared subscription's
+ * receiver link carries that name and those source capabilities and asks that its
+ * source never expire: qpidd keeps one subscription queue per link name for every
+ * link with the "shared" capability (see fastamqp.interface.Source). */
+#define FA_SOURCE_SEP '\x1f'
 void fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n);
 void fa_io_subscribe(fa_io *io, fa_sub *sub);
 uint64_t fa_sub_id(fa_sub *sub);

@@ -62,6 +62,8 @@ static const struct { const char *prefix; int dist; } BROKER_TABLE[] = {
     {"exclusive", D_QUEUE},
     {"unicast", D_QUEUE},
     {"broadcast", D_TOPIC},
+    {"openstack.org/om/rpc/multicast", D_TOPIC},
+    {"openstack.org/om/notify/multicast", D_TOPIC},
 };
 
 typedef struct buf { int refs; size_t len; char data[]; } buf;
@@ -93,6 +95,7 @@ typedef struct node {
     fifo msgs;                    /* broker queue */
     struct node **subs; int nsubs, capsubs;  /* broker topic: subscription queues */
     struct node *topic;           /* subscription queue: its topic node */
+    char *shared_name;            /* shared subscription queue: its link name */
     struct node *hnext;
 } node;
 
@@ -342,6 +345,7 @@ static void node_destroy(fa_relay *r, node *n)
     free(n->cons);
     free(n->prods);
     free(n->subs);
+    free(n->shared_name);
     free(n->name);
     free(n);
 }
@@ -619,6 +623,59 @@ static void refuse(pn_link_t *link, const char *name, const char *desc)
     pn_link_close(link);
 }
 
+/* Whether a terminus lists this capability (one symbol, or an array of them). */
+static bool has_capability(pn_terminus_t *t, const char *cap)
+{
+    pn_data_t *d = pn_terminus_capabilities(t);
+    size_t len = strlen(cap);
+    bool found = false;
+    pn_data_rewind(d);
+    if (!pn_data_next(d)) return false;
+    if (pn_data_type(d) == PN_SYMBOL) {
+        pn_bytes_t b = pn_data_get_symbol(d);
+        return b.size == len && !memcmp(b.start, cap, len);
+    }
+    if (pn_data_type(d) != PN_ARRAY) return false;
+    pn_data_enter(d);
+    while (!found && pn_data_next(d)) {
+        if (pn_data_type(d) != PN_SYMBOL) continue;
+        pn_bytes_t b = pn_data_get_symbol(d);
+        found = b.size == len && !memcmp(b.start, cap, len);
+    }
+    pn_data_exit(d);
+    return found;
+}
+
+/* A broker topic's subscription queue for a new consumer link (BrokerCore). */
+static node *subscription_queue(node *topic, pn_link_t *link, const char *key)
+{
+    pn_terminus_t *source = pn_link_remote_source(link);
+    const char *shared = has_capability(source, "shared") ? pn_link_name(link) : NULL;
+    node *q;
+    /* qpidd: a "shared" source consumes from the queue named by its link name,
+     * made by the first such link; later links of that name compete on it. (qpidd's
+     * queue names are global; looking only among this topic's subscriptions differs
+     * only for one link name used on two topics.) */
+    for (int i = 0; shared && i < topic->nsubs; i++) {
+        q = topic->subs[i];
+        if (q->shared_name && !strcmp(q->shared_name, shared)) return q;
+    }
+    q = node_alloc(key, D_QUEUE);
+    q->subscription = true;
+    q->topic = topic;
+    if (shared) {
+        q->shared_name = xstrdup(shared);
+        /* Its queue outlives its consumers only if the source never expires. */
+        q->temp = pn_terminus_get_expiry_policy(source) != PN_EXPIRE_NEVER;
+    } else {
+        /* A private subscription queue per subscriber, like qpidd's exchange
+         * bindings; it dies with the link. */
+        q->temp = true;
+    }
+    push_ptr((void ***)&topic->subs, &topic->nsubs, &topic->capsubs, q);
+    return q;
+}
+
 static void on_link_open(fa_relay *r, conn *cn, pn_link_t *link)
 {
     if (!(pn_link_state(link) & PN_LOCAL_UNINIT)) return;
@@ -683,15 +740,7 @@ static void on_link_open(fa_relay *r, conn *cn, pn_link_t *link)
         } else {
             pn_link_open(link);
             l->presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
-            node *q = n;
-            if (dist == D_TOPIC) {
-                /* A private subscription queue per subscriber, like qpidd's exchange
-                 * bindings; it dies with the link. */
-                q = node_alloc(key, D_QUEUE);
-                q->temp = q->subscription = true;
-                q->topic = n;
-                push_ptr((void ***)&n->subs, &n->nsubs, &n->capsubs, q);
-            }
+            node *q = dist == D_TOPIC ? subscription_queue(n, link, key) : n;
             l->node = q;
             push_ptr((void ***)&q->cons, &q->ncons, &q->capcons, l);
             broker_pump(r, q);

@@ -41,7 +41,10 @@ ROUTER_ADDRESSES: List[Tuple[str, str]] = [
     ("openstack.org/om/notify/anycast", BALANCED),
 ]
 BROKER_QUEUE_PATTERNS = ["exclusive", "unicast"]
-BROKER_TOPIC_PATTERNS = ["broadcast"]
+# "broadcast" is the seed's qpidd.conf; the routable multicast prefixes are what a
+# qpidd behind routable addressing needs for fanout and for notification pools.
+BROKER_TOPIC_PATTERNS = ["broadcast", "openstack.org/om/rpc/multicast",
+                         "openstack.org/om/notify/multicast"]
 
 OUTCOMES = ("accepted", "released", "modified", "rejected")
 
@@ -128,10 +131,17 @@ class Producer:
 
 class Consumer:
     __slots__ = ("id", "address", "dist", "credit", "presettled", "undelivered",
-                 "unsettled", "closed", "ref", "queue", "temporary")
+                 "unsettled", "closed", "ref", "queue", "temporary", "shared_name",
+                 "keep")
 
-    def __init__(self, address: Optional[str], presettled: bool = False, ref=None):
+    def __init__(self, address: Optional[str], presettled: bool = False, ref=None,
+                 shared_name: Optional[str] = None, keep: bool = False):
         self.id = next(_ids)
+        # Broker, topic addresses: a shared subscription named by the link (the
+        # source had the "shared" capability), and whether its queue outlives its
+        # last consumer (source expiry policy "never").
+        self.shared_name = shared_name
+        self.keep = keep
         self.address = address
         self.dist = None
         self.credit = 0        # kept equal to the link's credit by the server
@@ -473,6 +483,7 @@ class BrokerCore(_Core):
                                   QUEUE)
         self.queues: Dict[str, Queue] = {}
         self.topics: Dict[str, List[Queue]] = {}
+        self.shared: Dict[str, Queue] = {}     # shared subscriptions by link name
 
     def distribution(self, address: str) -> str:
         if address in self.queues:
@@ -499,7 +510,16 @@ class BrokerCore(_Core):
 
     def attach_consumer(self, c: Consumer) -> None:
         c.dist = self.distribution(c.address)
-        if c.dist == TOPIC:
+        if c.dist == TOPIC and c.shared_name is not None:
+            # qpidd: a source with the "shared" capability consumes from the
+            # subscription queue named after the link name alone, made by the first
+            # such link; later links of that name compete on it.
+            q = self.shared.get(c.shared_name)
+            if q is None:
+                q = self.shared[c.shared_name] = Queue(
+                    c.address, temporary=not c.keep, subscription=True)
+                self.topics.setdefault(c.address, []).append(q)
+        elif c.dist == TOPIC:
             # A private subscription queue per subscriber, like qpidd's exchange
             # bindings; it dies with the link.
             q = Queue(c.address, temporary=True, subscription=True)
@@ -534,6 +554,8 @@ class BrokerCore(_Core):
                     subs.remove(q)
                 if not subs:
                     self.topics.pop(q.name, None)
+                if c.shared_name is not None and self.shared.get(c.shared_name) is q:
+                    del self.shared[c.shared_name]
             elif self.queues.get(q.name) is q:
                 del self.queues[q.name]
         else:
@@ -624,4 +646,9 @@ def snapshot(counters: Counters, core: Optional[_Core]) -> dict:
         addrs.setdefault(a, dict.fromkeys(COUNTER_NAMES, 0))
         addrs[a]["stored"] = n
     out["addresses"] = addrs
+    # Broker: the shared subscriptions (notification consumer groups), by link name.
+    out["shared_subscriptions"] = {
+        name: {"address": q.name, "consumers": len(q.consumers),
+               "stored": len(q.messages)}
+        for name, q in getattr(core, "shared", {}).items()}
     return out

@@ -25,9 +25,9 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
-from proton import (SASL, SSL, Collector, Condition, Connection, Delivery, Disposition,
-                    Endpoint, Event, Link, SSLDomain, SSLException, Transport,
-                    TransportException, symbol)
+from proton import (SASL, SSL, Array, Collector, Condition, Connection, Delivery,
+                    Disposition, Endpoint, Event, Link, SSLDomain, SSLException,
+                    Terminus, Transport, TransportException, symbol)
 
 # python-qpid-proton's own cffi layer: peeking at an event's type here, before the
 # binding wraps it (Event.wrap builds a wrapper for the event AND its context object),
@@ -251,6 +251,17 @@ class _Conn:
         self.peer = peer
         self.dead = False
         self.listener = listener
+
+
+def _symbols(data):
+    """The symbols of a terminus capabilities field: one symbol or an array."""
+    data.rewind()
+    if not data.next():
+        return set()
+    value = data.get_object()
+    if isinstance(value, Array):
+        return {str(v) for v in value.elements}
+    return {str(value)}
 
 
 class _Link:
@@ -803,7 +814,11 @@ class Server:
         else:
             link.open()
             presettled = link.remote_snd_settle_mode == Link.SND_SETTLED
-            h.consumer = routing.Consumer(key, presettled, ref=h)
+            source = link.remote_source
+            shared = "shared" in _symbols(source.capabilities)
+            h.consumer = routing.Consumer(
+                key, presettled, ref=h, shared_name=link.name if shared else None,
+                keep=source.expiry_policy == Terminus.EXPIRE_NEVER)
             h.consumer.credit = link.credit
             self.core.attach_consumer(h.consumer)
         c.links.add(h)
