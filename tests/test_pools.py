@@ -7,7 +7,6 @@ as one more group -- gets every notification once, and the members of a group sh
 them. Both connection engines, both address syntaxes a broker can be given.
 RabbitMQ's form of the same is in tests/test_rabbitmq.py.
 """
-import threading
 import time
 
 import oslo_messaging
@@ -19,6 +18,7 @@ from fastamqp import opts
 from fastamqp.intermediary import Intermediary
 from engines import ENGINES
 from oslo_env import transport_factory
+from test_driver import Recorder
 
 TIMEOUT = 10
 EXCHANGE = "openstack"
@@ -51,16 +51,6 @@ def broker():
 @pytest.fixture
 def transports(conf):
     yield from transport_factory(conf)
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-        self.lock = threading.Lock()
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        with self.lock:
-            self.events.append(payload["n"])
 
 
 def listen(transport, recorder, pool=None, topic="notifications"):

@@ -257,6 +257,19 @@ def _receive_raw(link):
     return link
 
 
+def _destroy_later(engine, link):
+    """Free a receiver link closed at both ends, and its name with it (the next link
+    of a shared subscription on this connection has the same name); on the I/O
+    thread, but not from inside pyngus's callback."""
+    def destroy():
+        if link._pn_link is not None:
+            try:
+                link.destroy()
+            except Exception:  # its connection was destroyed first: nothing left
+                LOG.debug("destroying a closed receiver link", exc_info=True)
+    engine._later(0, destroy)
+
+
 class _ReplyLink:
     """The shared receiver with a dynamic source on which replies arrive."""
 
@@ -292,16 +305,7 @@ class _ReplyLink:
         self.engine._connection_lost(f"reply link detached: {condition}")
 
     def receiver_closed(self, link):
-        # Closed at both ends: free it, and its name with it (the next link of a
-        # shared subscription on this connection has the same name). Not from
-        # inside pyngus's callback.
-        def destroy():
-            if link._pn_link is not None:
-                try:
-                    link.destroy()
-                except Exception:  # its connection was destroyed first: nothing left
-                    LOG.debug("destroying a closed receiver link", exc_info=True)
-        self.engine._later(0, destroy)
+        _destroy_later(self.engine, link)
 
     def receiver_failed(self, link, error):
         self.engine._connection_lost(f"reply link failed: {error}")
@@ -401,16 +405,7 @@ class _Subscription:
         self.engine._receiver_lost(self, link.user_context)
 
     def receiver_closed(self, link):
-        # Closed at both ends: free it, and its name with it (the next link of a
-        # shared subscription on this connection has the same name). Not from
-        # inside pyngus's callback.
-        def destroy():
-            if link._pn_link is not None:
-                try:
-                    link.destroy()
-                except Exception:  # its connection was destroyed first: nothing left
-                    LOG.debug("destroying a closed receiver link", exc_info=True)
-        self.engine._later(0, destroy)
+        _destroy_later(self.engine, link)
 
     def receiver_failed(self, link, error):
         self.engine._receiver_lost(self, link.user_context)
