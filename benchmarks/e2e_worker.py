@@ -104,6 +104,10 @@ class Recorder:
         self.lock = threading.Lock()
         self.phases = {}
         self.changed = threading.Condition(self.lock)
+        # (phase, count) that collect() waits for: only reaching it wakes collect()
+        # (it polls every 50 ms for its grace period anyway). A wake-up per message
+        # would cost the server a thread switch per delivery, whatever the driver.
+        self.awaited = None
         self.inject = _inject()
         self.seen = 0
 
@@ -130,13 +134,15 @@ class Recorder:
             else:
                 p["ids"].add(ident)
             p["last"] = now
-            self.changed.notify_all()
+            if self.awaited == (phase, len(p["ids"])):
+                self.changed.notify_all()
 
     def collect(self, phase, expected, grace, deadline):
         """Wait until ``expected`` unique ids arrived, or nothing new came for ``grace``
         seconds, or ``deadline`` seconds passed; then the figures."""
         end = time.monotonic() + deadline
         with self.lock:
+            self.awaited = (phase, expected)
             last_count, last_change = -1, time.monotonic()
             while True:
                 p = self.phases.get(phase)

@@ -34,6 +34,8 @@ LOG = logging.getLogger(__name__)
 _OUTCOMES = {1: Outcome.ACCEPTED, 2: Outcome.RELEASED, 3: Outcome.MODIFIED,
              4: Outcome.REJECTED}
 _OUTCOME_CODES = {v: k for k, v in _OUTCOMES.items()}
+# SendResult is frozen: one shared instance per outcome without details.
+_PLAIN_RESULTS = {code: SendResult(outcome) for code, outcome in _OUTCOMES.items()}
 _FAR = 365 * 86400.0    # "no deadline" for C waits
 
 
@@ -260,21 +262,26 @@ class Connection(ControlPlane):
             raise exceptions.EngineClosed("the connection was closed")
         op = self._engine.send(address, payload, presettled, deadline,
                                -1 if retry is None or retry < 0 else retry, in_doubt_resend)
-        waiter = _Waiter(self, op)
-        # One second past the deadline, the I/O thread would be stuck: never hang.
-        limit = max(deadline, time.monotonic()) + 1.0
-        try:
-            while True:
-                seq, state, outcome, failed, undeliverable, error, text = op.result()
-                if state != _io.PENDING:
-                    break
-                if time.monotonic() >= limit:
-                    op.abandon(_io.ERR_TIMEOUT, "")
-                    continue
-                waiter.wait(seq, limit)
-        finally:
-            waiter.done()
+        seq, state, outcome, failed, undeliverable, error, text = op.result()
+        if state == _io.PENDING:
+            # A pre-settled send on a link with credit is done already (fa_io.c
+            # cview): no waiter, no round trip to the I/O thread.
+            waiter = _Waiter(self, op)
+            # One second past the deadline, the I/O thread would be stuck: never hang.
+            limit = max(deadline, time.monotonic()) + 1.0
+            try:
+                while True:
+                    waiter.wait(seq, limit)
+                    seq, state, outcome, failed, undeliverable, error, text = op.result()
+                    if state != _io.PENDING:
+                        break
+                    if time.monotonic() >= limit:
+                        op.abandon(_io.ERR_TIMEOUT, "")
+            finally:
+                waiter.done()
         if state == _io.DONE:
+            if not (text or failed or undeliverable):
+                return _PLAIN_RESULTS[outcome]
             condition = description = None
             if text:
                 condition, _, description = text.partition("\n")

@@ -48,6 +48,8 @@ class ControlPlane:
 
     # ---- status (any thread) ---------------------------------------------------
     def wait_active(self, timeout):
+        if self._active.is_set():
+            return self._peer          # every send asks: no lock when connected
         deadline = time.monotonic() + max(0.0, timeout)
         with self._status:
             while not self._active.is_set():

@@ -489,6 +489,41 @@ cdef object _decode(pn.pn_message_t *msg, const unsigned char[::1] view, Py_ssiz
                   content_type, serializer, has_body, body, _loads_json)
 
 
+cdef extern from "<sys/random.h>" nogil:
+    ssize_t getrandom(void *buf, size_t buflen, unsigned int flags)
+cdef extern from "<unistd.h>" nogil:
+    int getpid()
+
+# Random bytes for message ids, taken 16 at a time (the GIL guards them). uuid.uuid4()
+# costs about 2.7 µs, a third of a cast's driver time; this about 0.2 µs. A forked
+# child must not repeat its parent's ids: the pool belongs to the pid that filled it.
+cdef enum:
+    _POOL = 4096
+cdef unsigned char _pool[_POOL]
+cdef int _pool_pos = _POOL
+cdef int _pool_pid = 0
+
+
 def new_message_id():
-    """The id the original driver gave a call: a uuid4 hex string."""
-    return _uuid4().hex
+    """The id the original driver gave a call: a uuid4 hex string (random, with the
+    version and variant bits of RFC 4122)."""
+    global _pool_pos, _pool_pid
+    cdef char out[32]
+    cdef const char *hexdigits = b"0123456789abcdef"
+    cdef unsigned char b
+    cdef int i
+    if _pool_pos + 16 > _POOL or _pool_pid != getpid():
+        if getrandom(_pool, _POOL, 0) != _POOL:
+            return _uuid4().hex          # no entropy source answered: the stdlib's
+        _pool_pos = 0
+        _pool_pid = getpid()
+    for i in range(16):
+        b = _pool[_pool_pos + i]
+        if i == 6:
+            b = (b & 0x0F) | 0x40        # version 4
+        elif i == 8:
+            b = (b & 0x3F) | 0x80        # RFC 4122 variant
+        out[2 * i] = hexdigits[b >> 4]
+        out[2 * i + 1] = hexdigits[b & 0x0F]
+    _pool_pos += 16
+    return PyUnicode_DecodeUTF8(out, 32, NULL)

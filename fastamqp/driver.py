@@ -71,6 +71,19 @@ class NotificationPoolsUnsupported(om_exceptions.ConfigurationError,
     """
 
 
+# Forks seen by this process: a child's count differs from its parent's, so a driver
+# can tell cheaply that its connection (and I/O thread) belongs to another process.
+_forks = 0
+
+
+def _count_fork():
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 def _hosts(url, realm):
     hosts = []
     for h in url.hosts or []:
@@ -204,6 +217,20 @@ class Listener(base.PollStyleListener):
             on_detach()
 
 
+class _OptionValues:
+    """An option group whose values are read once each. oslo.config's lookup (through
+    ConfigOptsProxy, for the URL query) costs about 2 µs, and every send reads a
+    timeout; none of these options is mutable at run time."""
+
+    def __init__(self, group):
+        self._group = group
+
+    def __getattr__(self, name):
+        value = getattr(self._group, name)
+        setattr(self, name, value)      # found on the instance from now on
+        return value
+
+
 class ProtonDriver(base.BaseDriver):
     """oslo.messaging's ``amqp://`` driver (see the module docstring)."""
 
@@ -211,7 +238,8 @@ class ProtonDriver(base.BaseDriver):
         opts.register_opts(conf)
         super().__init__(conf, url, default_exchange, allowed_remote_exmods)
         # Options in the URL query override the configuration (amqp://h?ssl=1).
-        self.options = common.ConfigOptsProxy(conf, url, opts.GROUP)[opts.GROUP]
+        self.options = _OptionValues(
+            common.ConfigOptsProxy(conf, url, opts.GROUP)[opts.GROUP])
         self.pre_settled = opts.pre_settled(self.options)
         self.serializer = self.options.serializer
         self._addressing = addressing.AddressingConfig.from_conf(self.options,
@@ -222,6 +250,7 @@ class ProtonDriver(base.BaseDriver):
         self._lock = threading.Lock()
         self._connection = None
         self._pid = None
+        self._forks = None          # _forks when the connection was made
         # The last peer and its addresser. The peer itself is kept, not its id(): a
         # new PeerInfo after a failover could be given the freed one's id.
         self._addresser_for = (None, None)
@@ -233,6 +262,9 @@ class ProtonDriver(base.BaseDriver):
 
     # ---- the connection, made on first use and again after a fork -------------
     def connection(self):
+        conn = self._connection
+        if conn is not None and self._forks == _forks:
+            return conn            # every send asks: no lock, no getpid()
         with self._lock:
             if self._connection is not None and self._pid != os.getpid():
                 # The parent's I/O thread does not exist in this child: start over.
@@ -242,6 +274,7 @@ class ProtonDriver(base.BaseDriver):
             if self._connection is None:
                 self._connection = self._new_connection()
                 self._pid = os.getpid()
+                self._forks = _forks
                 self._group_links = set()
             return self._connection
 

@@ -11,6 +11,7 @@ json.dumps standing in for oslo_serialization.jsonutils.dumps (same text for JSO
 import json
 import math
 import time
+import os
 import uuid
 
 import cproton
@@ -276,10 +277,33 @@ def test_decode_is_stateless(codec):
 
 
 def test_new_message_id(codec):
-    ids = {codec.new_message_id() for _ in range(100)}
-    assert len(ids) == 100
+    # Past the C codec's pool of random bytes (4096 bytes: 256 ids) several times.
+    ids = {codec.new_message_id() for _ in range(5000)}
+    assert len(ids) == 5000
     for value in ids:
-        assert isinstance(value, str) and len(value) == 32 and uuid.UUID(hex=value)
+        assert isinstance(value, str) and len(value) == 32
+        parsed = uuid.UUID(hex=value)
+        assert parsed.hex == value and parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_makes_other_message_ids(codec):
+    codec.new_message_id()          # the parent has random bytes left in its pool
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, " ".join(
+                codec.new_message_id() for _ in range(10)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = set(os.read(read_end, 4096).decode().split())
+    os.close(read_end)
+    parent = {codec.new_message_id() for _ in range(10)}
+    assert len(child) == 10 and not child & parent
 
 
 def test_ttl_clamped_to_header_range(codec):

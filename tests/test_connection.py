@@ -211,6 +211,29 @@ def test_presettled_send_waits_for_credit(connect, broker):
     assert result.outcome is Outcome.ACCEPTED
 
 
+def test_presettled_sends_before_close_all_go_out(connect, broker):
+    # A pre-settled send on a link with credit completes as soon as it is queued
+    # (the C engine's cview); close() right after must still send every one, in
+    # order, also past the broker's credit window (250): those wait for credit.
+    address = "unicast.burst"
+    conn = connect(broker)
+    conn.send(address, request(address, "m0"), presettled=False, deadline=deadline())
+    for i in range(1, 1000):
+        result = conn.send(address, request(address, f"m{i}"), presettled=True,
+                           deadline=deadline())
+        assert result.outcome is Outcome.ACCEPTED
+    conn.close(TIMEOUT)
+    sub = connect(broker).subscribe([address], 1000)
+    got = []
+    while len(got) < 1000:
+        batch = sub.poll(1000, TIMEOUT)
+        assert batch, f"{len(got)} of 1000 arrived"
+        for delivery in batch:
+            got.append(codec.decode(delivery.payload).request["method"])
+            sub.settle(delivery, Outcome.ACCEPTED)
+    assert got == [f"m{i}" for i in range(1000)]
+
+
 def test_failover_to_the_second_host(connect):
     with Intermediary(mode="broker") as first, Intermediary(mode="router") as second:
         conn = connect(first, second)

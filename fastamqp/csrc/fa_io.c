@@ -219,6 +219,9 @@ struct fa_op {
     double deadline;
     int retries_left;                 /* -1: no limit */
     int in_doubt_resend;              /* 0: fail, not resend, when in doubt (calls) */
+    /* set by the caller before it is queued, then read by the I/O thread */
+    int queued;                       /* counted in its address's cview.queued */
+    int early;                        /* pre-settled, completed when queued (cview) */
     /* shared, under io->lock */
     fa_result res;
     uint64_t seq;
@@ -283,8 +286,20 @@ typedef struct rlink {               /* a receiver link of this connection */
     int credit;
 } rlink;
 
+/* What callers may know of a sender link's credit, under io->lock. A pre-settled
+ * send completes as soon as it is queued when the link has credit for it and for
+ * every send queued before it: the link is attached and the peer wants the message,
+ * so it is as good as written (and it is still resent after a connection loss, as a
+ * written one is). This spares the caller a round trip to the I/O thread per cast or
+ * reply. Without credit the send waits as before (REFERENCE §3.9 #7). */
+typedef struct cview {
+    int credit;                       /* link credit less the sends waiting for it */
+    int queued;                       /* sends queued by callers, not yet taken */
+} cview;
+
 typedef struct sender {
     char *address;
+    cview *cv;
     pn_link_t *link;
     int active, credit_seen;
     double last_used;
@@ -333,6 +348,7 @@ struct fa_io {
     int active, ended;
     char *reply_address;
     fa_map calls;
+    fa_map cviews;                    /* address -> cview, kept for the io's life */
     uint64_t ids;
 
     pthread_t thread;
@@ -594,6 +610,17 @@ void fa_io_send(fa_io *io, fa_op *op)
 {
     __atomic_add_fetch(&op->refs, 1, __ATOMIC_RELAXED);   /* the I/O thread's */
     pthread_mutex_lock(&io->lock);
+    cview *cv = map_get(&io->cviews, op->address);
+    if (cv) {
+        op->queued = 1;
+        if (op->presettled && cv->credit - cv->queued > 0) {
+            op->early = 1;
+            op->res.state = FA_DONE;
+            op->res.outcome = FA_ACCEPTED;
+            changed_locked(io, &op->cond, &op->seq, op->id);
+        }
+        cv->queued++;
+    }
     op->cmd_next = NULL;
     if (io->sub_tail) io->sub_tail->cmd_next = op; else io->sub_head = op;
     io->sub_tail = op;
@@ -644,6 +671,13 @@ static int op_is_done(fa_io *io, fa_op *op)
     int done = op->res.state != FA_PENDING;
     pthread_mutex_unlock(&io->lock);
     return done;
+}
+
+/* Whether the I/O thread should drop op: its caller gave up on it. An early one is
+ * done but must still go out. */
+static int op_abandoned(fa_io *io, fa_op *op)
+{
+    return !op->early && op_is_done(io, op);
 }
 
 /* The I/O thread is finished with op (it is in none of its lists). */
@@ -941,6 +975,7 @@ fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
     init_cond(&io->status_cond);
     map_init(&io->calls);
     map_init(&io->senders);
+    map_init(&io->cviews);
     io->sock = -1;
     io->delay = io->retry_interval;
     io->cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -1020,6 +1055,7 @@ uint64_t fa_io_wait_status(fa_io *io, uint64_t seen, double deadline)
 }
 
 static void free_call_cb(void *arg, void *value) { (void)arg; fa_call_unref(value); }
+static void free_value_cb(void *arg, void *value) { (void)arg; free(value); }
 
 void fa_io_free(fa_io *io)
 {
@@ -1028,6 +1064,8 @@ void fa_io_free(fa_io *io)
     fa_event_free(io->ev_head);
     map_drain(&io->calls, free_call_cb, NULL);
     free(io->calls.buckets);
+    map_drain(&io->cviews, free_value_cb, NULL);
+    free(io->cviews.buckets);
     free(io->senders.buckets);
     cmd *c = io->cmd_head;
     while (c) { cmd *n = c->next; free(c->text); free(c); c = n; }
@@ -1229,6 +1267,15 @@ static void connect_next(fa_io *io)
     add_timer(io, CONNECT_TIMEOUT, T_CONNECT_TIMEOUT, NULL, NULL);
 }
 
+static void free_sender(fa_io *io, sender *s)
+{
+    pthread_mutex_lock(&io->lock);
+    s->cv->credit = 0;
+    pthread_mutex_unlock(&io->lock);
+    free(s->address);
+    free(s);
+}
+
 static void free_sender_cb(void *arg, void *value)
 {
     fa_io *io = arg;
@@ -1238,7 +1285,7 @@ static void free_sender_cb(void *arg, void *value)
      * budget and deadline allow (REFERENCE §3.9 #8); sends that never left (no credit
      * yet) simply wait for it, they are not in doubt. */
     while ((op = list_pop(&s->waiting))) {
-        if (op_is_done(io, op)) op_release(io, op);
+        if (op_abandoned(io, op)) op_release(io, op);
         else list_push(&io->resubmit, op);
     }
     while ((op = list_pop(&s->inflight))) {
@@ -1249,15 +1296,14 @@ static void free_sender_cb(void *arg, void *value)
                      "connection lost before the peer settled the message to %s, and "
                      "its retries are spent", op->address);
     }
-    free(s->address);
-    free(s);
+    free_sender(io, s);
 }
 
 static void requeue_written(fa_io *io, oplist *l)
 {
     fa_op *op;
     while ((op = list_pop(l))) {
-        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        if (op_abandoned(io, op)) { op_release(io, op); continue; }
         if (op->in_doubt_resend && op_may_retry(op)) list_push(&io->resubmit, op);
         else op_fail(io, op, FA_ERR_SEND_FAILURE,
                      "connection lost while writing the message to %s", op->address);
@@ -1434,12 +1480,48 @@ static void attach_sub(fa_io *io, fa_sub *sub)
     free_addresses(addresses, n);
 }
 
+static int count_ops(const oplist *l)
+{
+    int n = 0;
+    for (const fa_op *op = l->head; op; op = op->next) n++;
+    return n;
+}
+
+/* Tell callers the link's credit (cview); ``taken``: op is the I/O thread's now, no
+ * longer queued. */
+static void publish_credit(fa_io *io, sender *s, fa_op *taken)
+{
+    int credit = s->active ? pn_link_credit(s->link) - count_ops(&s->waiting) : 0;
+    pthread_mutex_lock(&io->lock);
+    if (taken && taken->queued) { s->cv->queued--; taken->queued = 0; }
+    s->cv->credit = credit > 0 ? credit : 0;
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* A send the I/O thread takes while it has no sender for it. */
+static void taken_without_sender(fa_io *io, fa_op *op)
+{
+    if (!op->queued) return;
+    pthread_mutex_lock(&io->lock);
+    cview *cv = map_get(&io->cviews, op->address);
+    if (cv) cv->queued--;
+    op->queued = 0;
+    pthread_mutex_unlock(&io->lock);
+}
+
 static sender *get_sender(fa_io *io, const char *address)
 {
     sender *s = map_get(&io->senders, address);
     if (s) return s;
     s = calloc(1, sizeof *s);
     s->address = strdup(address);
+    pthread_mutex_lock(&io->lock);
+    s->cv = map_get(&io->cviews, address);
+    if (!s->cv) {
+        s->cv = calloc(1, sizeof *s->cv);
+        map_put(&io->cviews, address, s->cv);
+    }
+    pthread_mutex_unlock(&io->lock);
     s->last_used = fa_monotonic();
     map_put(&io->senders, address, s);
     s->link = new_link(io, 1, address, 0, address, NULL);
@@ -1469,24 +1551,31 @@ static void drain_waiting(fa_io *io, sender *s)
 {
     fa_op *op;
     while (s->active && pn_link_credit(s->link) > 0 && (op = list_pop(&s->waiting))) {
-        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        if (op_abandoned(io, op)) { op_release(io, op); continue; }
         transmit(io, s, op);
     }
+    publish_credit(io, s, NULL);
 }
 
 static void submit(fa_io *io, fa_op *op)
 {
-    if (io->closing) {
+    if (io->closing && !op->early) {
+        taken_without_sender(io, op);
         op_fail(io, op, FA_ERR_CLOSED, "the connection is closing");
         return;
     }
-    if (op_is_done(io, op)) { op_release(io, op); return; }
+    if (op_abandoned(io, op)) { taken_without_sender(io, op); op_release(io, op); return; }
     heap_add(io, op);
-    if (!io->activated) { list_push(&io->resubmit, op); return; }
+    if (!io->activated) {
+        taken_without_sender(io, op);
+        list_push(&io->resubmit, op);
+        return;
+    }
     sender *s = get_sender(io, op->address);
     s->last_used = fa_monotonic();
     if (s->active && pn_link_credit(s->link) > 0 && !s->waiting.head) transmit(io, s, op);
     else list_push(&s->waiting, op);
+    publish_credit(io, s, op);
 }
 
 static void sender_lost(fa_io *io, sender *s, const char *why)
@@ -1497,7 +1586,7 @@ static void sender_lost(fa_io *io, sender *s, const char *why)
     pn_link_close(s->link);
     while ((op = list_pop(&s->inflight)) || (op = list_pop(&s->waiting))) {
         if (op->delivery) { pn_delivery_set_context(op->delivery, NULL); op->delivery = NULL; }
-        if (op_is_done(io, op)) { op_release(io, op); continue; }
+        if (op_abandoned(io, op)) { op_release(io, op); continue; }
         if (op_may_retry(op)) {
             op->retry_at = fa_monotonic() + io->link_retry_delay;
             list_push(&io->retry, op);
@@ -1506,8 +1595,7 @@ static void sender_lost(fa_io *io, sender *s, const char *why)
                     s->address, why);
         }
     }
-    free(s->address);
-    free(s);
+    free_sender(io, s);
 }
 
 static void receiver_lost(fa_io *io, rlink *r)
@@ -1879,6 +1967,7 @@ static void run_commands(fa_io *io)
     io->sub_head = io->sub_tail = NULL;
     io->settle_head = io->settle_tail = NULL;
     io->cmd_wake_pending = 0;
+    int close = 0;
     uint64_t junk;
     ssize_t r = read(io->cmd_fd, &junk, sizeof junk);
     (void)r;
@@ -1914,17 +2003,10 @@ static void run_commands(fa_io *io)
             activate(io, c->generation, c->text);
             break;
         case CMD_CLOSE:
+            /* After the sends queued with it: a cast that completed early (cview)
+             * and was followed by close() must still go out. */
+            close = 1;
             if (c->generation) io->quit = 1;   /* fa_io_abort */
-            if (!io->closing) {
-                io->closing = 1;
-                for (sub = io->subs; sub; sub = sub->io_next) fa_sub_stop(io, sub);
-                if (io->have_driver && io->opened) {
-                    pn_connection_close(io->driver.connection);
-                    add_timer(io, CLOSE_GRACE, T_CLOSE_GRACE, NULL, NULL);
-                } else {
-                    io->quit = 1;
-                }
-            }
             break;
         }
         free(c->text);
@@ -1940,6 +2022,17 @@ static void run_commands(fa_io *io)
         fa_rec *next = recs->next;
         settle_rec(io, recs);
         recs = next;
+    }
+    if (close && !io->closing) {
+        fa_sub *sub;
+        io->closing = 1;
+        for (sub = io->subs; sub; sub = sub->io_next) fa_sub_stop(io, sub);
+        if (io->have_driver && io->opened) {
+            pn_connection_close(io->driver.connection);
+            add_timer(io, CLOSE_GRACE, T_CLOSE_GRACE, NULL, NULL);
+        } else {
+            io->quit = 1;
+        }
     }
 }
 
@@ -2025,8 +2118,7 @@ static void purge_senders(fa_io *io, double now)
                 map_del(&io->senders, s->address);
                 pn_link_set_context(s->link, NULL);
                 pn_link_close(s->link);
-                free(s->address);
-                free(s);
+                free_sender(io, s);
             }
         }
     }
