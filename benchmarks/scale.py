@@ -35,8 +35,6 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 TIMEOUT = 120.0
 
 
@@ -49,10 +47,13 @@ def rss_kib():
 
 
 def start_intermediary(engine):
+    # The fastamqp this process imports (an installed one, or PYTHONPATH's tree).
+    import fastamqp
+    here = os.path.dirname(os.path.dirname(os.path.abspath(fastamqp.__file__)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastamqp.intermediary", "--mode", "router",
          "--engine", engine], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep
+        text=True, env=dict(os.environ, PYTHONPATH=here + os.pathsep
                             + os.environ.get("PYTHONPATH", "")))
     banner = proc.stdout.readline()
     match = re.search(r"amqp://[\d.]+:\d+", banner)
