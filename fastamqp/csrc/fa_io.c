@@ -1480,18 +1480,11 @@ static void attach_sub(fa_io *io, fa_sub *sub)
     free_addresses(addresses, n);
 }
 
-static int count_ops(const oplist *l)
-{
-    int n = 0;
-    for (const fa_op *op = l->head; op; op = op->next) n++;
-    return n;
-}
-
 /* Tell callers the link's credit (cview); ``taken``: op is the I/O thread's now, no
  * longer queued. */
 static void publish_credit(fa_io *io, sender *s, fa_op *taken)
 {
-    int credit = s->active ? pn_link_credit(s->link) - count_ops(&s->waiting) : 0;
+    int credit = s->active ? pn_link_credit(s->link) - (int)s->waiting.count : 0;
     pthread_mutex_lock(&io->lock);
     if (taken && taken->queued) { s->cv->queued--; taken->queued = 0; }
     s->cv->credit = credit > 0 ? credit : 0;
