@@ -7,7 +7,6 @@ and run here against the relay: the ``router``/``broker`` fixtures below shadow 
 The module is skipped when the relay extension is not built.
 """
 import tempfile
-import threading
 import time
 
 import pytest
@@ -240,24 +239,12 @@ def transports(request, monkeypatch):
     cfg.CONF.reset()
 
 
-class Calculator:
-    def __init__(self):
-        self.casts = []
-        self.cast_seen = threading.Event()
-
-    def add(self, ctxt, a, b):
-        return a + b
-
-    def record(self, ctxt, value):
-        self.casts.append(value)
-        self.cast_seen.set()
-
-
 @pytest.mark.parametrize("mode", ["router", "broker"])
 def test_oslo_rpc_call_cast_fanout(mode, transports):
     import oslo_messaging
     with Relay(mode=mode) as r:
         transport = transports(r.url)
+        from test_driver import Calculator
         endpoint = Calculator()
         server = oslo_messaging.get_rpc_server(
             transport, oslo_messaging.Target(topic="calc", server="host1"), [endpoint],
@@ -305,6 +292,22 @@ def test_oslo_notification_pools_through_broker(transports):
         check_groups(transport, wait_attached)
 
 
+def roundtrip(url, address, body):
+    """One message from a new connection to itself through the relay at ``url``,
+    received, accepted, and its outcome back at the sender."""
+    c = BlockingConnection(url, timeout=T)
+    try:
+        r = rx(c, address, credit=1)
+        s = tx(c, address)
+        until(lambda: s.link.credit > 0, [c])
+        d = send_async(s, body)
+        assert r.receive(timeout=T).body == body
+        r.accept()
+        c.wait(lambda: d.settled, timeout=T)
+    finally:
+        c.close()
+
+
 def _child_env():
     """The environment of a child that must import the fastamqp this process imported
     (the installed one in CI, whose relay is built; not the source tree's)."""
@@ -332,17 +335,7 @@ def test_cli_engine_c(tmp_path):
         # the banner benchmarks/e2e.py parses, as with the Python engine
         m = re.search(r"listening on amqp://127\.0\.0\.1:(\d+)$", banner.strip())
         assert m and "(router, product qpid-dispatch-router)" in banner, banner
-        c = BlockingConnection("amqp://127.0.0.1:%s" % m.group(1), timeout=T)
-        try:
-            r = rx(c, ANYCAST, credit=1)
-            s = tx(c, ANYCAST)
-            until(lambda: s.link.credit > 0, [c])
-            d = send_async(s, "via cli")
-            assert r.receive(timeout=T).body == "via cli"
-            r.accept()
-            c.wait(lambda: d.settled, timeout=T)
-        finally:
-            c.close()
+        roundtrip("amqp://127.0.0.1:%s" % m.group(1), ANYCAST, "via cli")
     finally:
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=20)
@@ -427,17 +420,7 @@ def test_churn_leaves_nothing_behind(mode):
         n = r.counters
         assert n["links"] == 0 and n["received"] > 0 and n["forwarded"] > 0
         # still serving
-        c = BlockingConnection(r.url, timeout=T)
-        try:
-            q = rx(c, "unicast.after", credit=1)
-            s = tx(c, "unicast.after")
-            until(lambda: s.link.credit > 0, [c])
-            d = send_async(s, "after")
-            assert q.receive(timeout=T).body == "after"
-            q.accept()
-            c.wait(lambda: d.settled, timeout=T)
-        finally:
-            c.close()
+        roundtrip(r.url, "unicast.after", "after")
 
 
 OUT_OF_DESCRIPTORS = r'''
