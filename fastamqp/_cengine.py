@@ -26,7 +26,8 @@ import threading
 import time
 
 from fastamqp import _io, exceptions
-from fastamqp._control import SASL_NONE, SASL_OK, ControlPlane, is_tls_failure
+from fastamqp._control import (SASL_NONE, SASL_OK, SEND_LOG, ControlPlane, is_tls_failure,
+                               window_full_text)
 from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, Source, TLSInfo
 
 LOG = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class Connection(ControlPlane):
             "key_file": settings.ssl_key_file or settings.ssl_cert_file,
             "key_password": settings.ssl_key_password,
             "green": self._green,
+            "window": int(settings.send_window),
         }, hosts)
 
     def _fork_guard(self):
@@ -245,23 +247,30 @@ class Connection(ControlPlane):
         self._dispatcher.start()
         self._engine.start()
 
-    def close(self, timeout=30.0):
+    def close(self, timeout=30.0, drain=0.0):
         if self._engine is None or self._closing or os.getpid() != self._pid:
             return
         self._closing = True
-        self._engine.close()
+        self._engine.close(max(0.0, min(drain, timeout - 1.0)))
         if self._dispatcher is not None:
             self._stopped.wait(timeout)
         self._engine.join(0 if self._green else 1.0)
 
+    def statistics(self):
+        if self._engine is None:
+            return {}
+        return self._engine.stats()
+
     # ---- operations (any thread) ---------------------------------------------------
     def send(self, address, payload, *, presettled, deadline, retry=None,
-             in_doubt_resend=True):
+             in_doubt_resend=True, confirm=False, fanout=False):
         self._fork_guard()
-        if self._stopped.is_set():
+        if self._stopped.is_set() or self._closing:
             raise exceptions.EngineClosed("the connection was closed")
+        flags = (_io.SEND_CONFIRM if confirm else 0) | (_io.SEND_FANOUT if fanout else 0)
         op = self._engine.send(address, payload, presettled, deadline,
-                               -1 if retry is None or retry < 0 else retry, in_doubt_resend)
+                               -1 if retry is None or retry < 0 else retry, in_doubt_resend,
+                               flags)
         seq, state, outcome, failed, undeliverable, error, text = op.result()
         if state == _io.PENDING:
             # A pre-settled send on a link with credit is done already (fa_io.c
@@ -295,6 +304,8 @@ class Connection(ControlPlane):
         if error == _io.ERR_TIMEOUT:
             raise exceptions.SendTimeout(
                 f"no outcome for the message to {address} before its deadline")
+        if error == _io.ERR_WINDOW:
+            raise exceptions.SendTimeout(window_full_text(address, self._settings))
         if error == _io.ERR_SEND_FAILURE:
             raise exceptions.SendFailure(text)
         if error == _io.ERR_LOST:
@@ -355,11 +366,13 @@ class Connection(ControlPlane):
 
     def _handle(self, event):
         (kind, generation, index, wake_id, remote_closed, sasl_outcome, text,
-         cond_name, cond_desc, mech, props, tls) = event
+         cond_name, cond_desc, mech, props, tls, level) = event
         if kind == _io.EV_WAKE:
             waker = self._wakers.get(wake_id)
             if waker is not None:
                 waker.set()
+        elif kind == _io.EV_LOG:
+            SEND_LOG.log(level, "%s", text)
         elif kind == _io.EV_OPENED:
             self._on_opened(generation, index, text, props, mech, tls)
         elif kind == _io.EV_ACTIVE:

@@ -23,6 +23,17 @@ import time
 from fastamqp import exceptions
 
 LOG = logging.getLogger("fastamqp.connection")
+# What the I/O thread did with confirmed and fanout sends whose callers had gone on
+# (rejections, resends after a connection loss, fanouts with no receiver); the C
+# engine's I/O thread hands these lines to its dispatcher, which logs them here.
+SEND_LOG = logging.getLogger("fastamqp.send")
+
+
+def window_full_text(address, settings):
+    return (f"the send window stayed full until the deadline: the connection held "
+            f"{settings.send_window} confirmed messages the peer had not settled, "
+            f"and the one to {address} got no outcome either (a slow or stuck "
+            f"consumer; see [oslo_messaging_amqp] send_window)")
 
 # Proton's SASL outcomes (pn_sasl_outcome_t).
 SASL_NONE, SASL_OK, SASL_AUTH = -1, 0, 1

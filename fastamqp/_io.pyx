@@ -49,6 +49,7 @@ cdef extern from "fa_io.h" nogil:
         const char *key_file
         const char *key_password
         int green
+        int window
         const fa_host *hosts
         int nhosts
     ctypedef struct fa_result:
@@ -64,6 +65,7 @@ cdef extern from "fa_io.h" nogil:
         uint64_t wake_id
         int remote_closed
         int sasl_outcome
+        int level
         char *text
         char *cond_name
         char *cond_desc
@@ -78,9 +80,14 @@ cdef extern from "fa_io.h" nogil:
     enum:
         FA_PENDING, FA_DONE, FA_FAILED
         FA_EV_OPENED, FA_EV_ACTIVE, FA_EV_REPLY_READY, FA_EV_LOST, FA_EV_CONFIG_FAILED
-        FA_EV_STOPPED, FA_EV_WAKE
+        FA_EV_STOPPED, FA_EV_WAKE, FA_EV_LOG
         FA_ERR_NONE, FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT, FA_ERR_SEND_FAILURE
-        FA_ERR_CLOSED, FA_ERR_LOST
+        FA_ERR_CLOSED, FA_ERR_LOST, FA_ERR_WINDOW
+        FA_SEND_CONFIRM, FA_SEND_FANOUT
+    double FA_RELEASED_PAUSE_FIRST, FA_RELEASED_PAUSE_MAX, FA_FANOUT_CREDIT_WAIT
+    ctypedef struct fa_stats:
+        long held, window, waiting_for_room, settled, resent_released
+        long resent_after_loss, possibly_duplicated, rejected, given_up, fanout_dropped
 
     fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
     int fa_io_start(fa_io *io)
@@ -88,14 +95,16 @@ cdef extern from "fa_io.h" nogil:
     fa_event *fa_io_take_events(fa_io *io)
     void fa_event_free(fa_event *ev)
     void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address)
-    void fa_io_close(fa_io *io)
+    void fa_io_close(fa_io *io, double drain)
+    void fa_io_stats(fa_io *io, fa_stats *out)
     void fa_io_abort(fa_io *io)
     int fa_io_join(fa_io *io, double timeout)
     void fa_io_free(fa_io *io)
     int fa_io_active(fa_io *io)
 
     fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
-                     int presettled, double deadline, int retry, int in_doubt_resend)
+                     int presettled, double deadline, int retry, int in_doubt_resend,
+                     int flags)
     void fa_io_send(fa_io *io, fa_op *op)
     uint64_t fa_op_id(fa_op *op)
     uint64_t fa_op_result(fa_io *io, fa_op *op, fa_result *out)
@@ -138,9 +147,15 @@ PENDING, DONE, FAILED = FA_PENDING, FA_DONE, FA_FAILED
 EV_OPENED, EV_ACTIVE, EV_REPLY_READY, EV_LOST = (FA_EV_OPENED, FA_EV_ACTIVE,
                                                  FA_EV_REPLY_READY, FA_EV_LOST)
 EV_CONFIG_FAILED, EV_STOPPED, EV_WAKE = FA_EV_CONFIG_FAILED, FA_EV_STOPPED, FA_EV_WAKE
+EV_LOG = FA_EV_LOG
 ERR_TIMEOUT, ERR_NO_CREDIT, ERR_SEND_FAILURE = (FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT,
                                                 FA_ERR_SEND_FAILURE)
-ERR_CLOSED, ERR_LOST = FA_ERR_CLOSED, FA_ERR_LOST
+ERR_CLOSED, ERR_LOST, ERR_WINDOW = FA_ERR_CLOSED, FA_ERR_LOST, FA_ERR_WINDOW
+SEND_CONFIRM, SEND_FANOUT = FA_SEND_CONFIRM, FA_SEND_FANOUT
+# The I/O thread's policies (fa_io.h), for the test that checks fastamqp.policy.
+POLICY = {"RELEASED_PAUSE_FIRST": FA_RELEASED_PAUSE_FIRST,
+          "RELEASED_PAUSE_MAX": FA_RELEASED_PAUSE_MAX,
+          "FANOUT_CREDIT_WAIT": FA_FANOUT_CREDIT_WAIT}
 
 
 def live_objects():
@@ -214,6 +229,7 @@ cdef class Engine:
             cfg.key_file = _p(b(config.get("key_file")))
             cfg.key_password = _p(b(config.get("key_password")))
             cfg.green = config.get("green", False)
+            cfg.window = config.get("window", 1000)
             cfg.hosts = chosts
             cfg.nhosts = len(hosts)
             self.io = fa_io_new(&cfg, err, sizeof(err))
@@ -240,8 +256,8 @@ cdef class Engine:
     def take_events(self):
         """The control-plane events since the last call, oldest first, as tuples
         (kind, generation, host, wake_id, remote_closed, sasl_outcome, text,
-        cond_name, cond_desc, mech, properties, tls) where tls is None or
-        (subject, protocol, cipher)."""
+        cond_name, cond_desc, mech, properties, tls, level) where tls is None or
+        (subject, protocol, cipher) and level is the logging level of EV_LOG."""
         cdef fa_event *head = fa_io_take_events(self.io)
         cdef fa_event *ev = head
         cdef int i
@@ -256,7 +272,8 @@ cdef class Engine:
                     tls = (_s(ev.tls_subject), _s(ev.tls_protocol), _s(ev.tls_cipher))
                 out.append((ev.kind, ev.generation, ev.host, ev.wake_id,
                             bool(ev.remote_closed), ev.sasl_outcome, _s(ev.text),
-                            _s(ev.cond_name), _s(ev.cond_desc), _s(ev.mech), props, tls))
+                            _s(ev.cond_name), _s(ev.cond_desc), _s(ev.mech), props, tls,
+                            ev.level))
                 ev = ev.next
         finally:
             fa_event_free(head)
@@ -266,8 +283,18 @@ cdef class Engine:
         encoded = _b(reply_address)
         fa_io_activate(self.io, generation, _p(encoded))
 
-    def close(self):
-        fa_io_close(self.io)
+    def close(self, double drain=0):
+        fa_io_close(self.io, drain)
+
+    def stats(self):
+        cdef fa_stats st
+        fa_io_stats(self.io, &st)
+        return {"held": st.held, "window": st.window,
+                "waiting_for_room": st.waiting_for_room, "settled": st.settled,
+                "resent_released": st.resent_released,
+                "resent_after_loss": st.resent_after_loss,
+                "possibly_duplicated": st.possibly_duplicated, "rejected": st.rejected,
+                "given_up": st.given_up, "fanout_dropped": st.fanout_dropped}
 
     def join(self, double timeout):
         cdef int rc
@@ -284,12 +311,12 @@ cdef class Engine:
         return bool(fa_io_active(self.io))
 
     def send(self, str address, bytes payload, bint presettled, double deadline,
-             int retry, bint in_doubt_resend=True):
+             int retry, bint in_doubt_resend=True, int flags=0):
         cdef Op op = Op.__new__(Op)
         encoded = address.encode("utf-8")
         op.engine = self
         op.op = fa_op_new(self.io, encoded, payload, len(payload), presettled, deadline,
-                          retry, in_doubt_resend)
+                          retry, in_doubt_resend, flags)
         fa_io_send(self.io, op.op)
         return op
 

@@ -158,6 +158,17 @@ class RoutableAddresser(Addresser):
         return self._address(self._config.anycast_address, target, service)
 
 
+# Routers, as their Open "product" names them: qdrouterd, and its successor.
+ROUTER_PRODUCTS = ("qpid-dispatch-router", "skupper-router")
+
+
+def is_router(peer_properties):
+    """Whether the peer is a router, which gives a link credit only while the address
+    has a consumer: no credit on a fanout's link then means nobody listens. (A broker
+    withholding credit is flow control: its fanouts wait.)"""
+    return (peer_properties or {}).get("product") in ROUTER_PRODUCTS
+
+
 def choose_addresser(config, peer_properties, vhost=None):
     """The addresser for a connection, from the options and the peer's Open properties.
 

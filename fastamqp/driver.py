@@ -32,6 +32,7 @@ from fastamqp import codec
 from fastamqp import engine
 from fastamqp import exceptions
 from fastamqp import opts
+from fastamqp import policy
 from fastamqp import rabbitmq
 from fastamqp.interface import ConnectionSettings, Host, Outcome
 
@@ -300,6 +301,7 @@ class ProtonDriver(base.BaseDriver):
             link_retry_delay=conf.link_retry_delay,
             sender_link_timeout=conf.default_sender_link_timeout,
             reply_link_credit=conf.reply_link_credit,
+            send_window=conf.send_window,
             # A named reply queue of this connection's own on RabbitMQ 3.x
             # (no dynamic sources there); dynamic elsewhere.
             reply_source=rabbitmq.ReplySource(self._addressing),
@@ -355,6 +357,7 @@ class ProtonDriver(base.BaseDriver):
         address = self._addresser(conn.peer).resolve(target, addressing.SERVICE_RPC)
         at_least_once = bool(transport_options and transport_options.at_least_once)
         budget = None if retry is None or retry < 0 else retry
+        released = 0                 # resends after the peer released the request
         while True:
             waiter = None
             try:
@@ -376,10 +379,11 @@ class ProtonDriver(base.BaseDriver):
                 result = self._send_once(conn, address, payload, presettled, deadline,
                                          retry, at_least_once, wait_for_reply, target)
                 if result is not None and result.outcome is not Outcome.ACCEPTED:
-                    if self._resend(result, address, budget, deadline, at_least_once,
-                                    target):
-                        budget = None if budget is None else budget - 1
-                        continue
+                    self._resend(result, address, released, budget, deadline,
+                                 at_least_once, target, timeout_given)
+                    released += 1
+                    budget = None if budget is None else budget - 1
+                    continue
                 if not wait_for_reply:
                     return None
                 reply = codec.decode(waiter.wait(deadline, call_monitor_timeout))
@@ -411,8 +415,15 @@ class ProtonDriver(base.BaseDriver):
         # (at least once, REFERENCE §3.9 #8).
         in_doubt_resend = not wait_for_reply
         if not at_least_once:
+            # A cast not sent pre-settled is confirmed: the engine keeps it until the
+            # peer settles it (interface.Connection.send); a call waits for its reply.
+            # A fanout through a router with nobody listening is dropped, not an
+            # error (interface.Connection.send, addressing.is_router).
+            fanout = bool(target.fanout) and addressing.is_router(
+                conn.peer.properties if conn.peer else None)
             return conn.send(address, payload, presettled=presettled, deadline=deadline,
-                             retry=retry, in_doubt_resend=in_doubt_resend)
+                             retry=retry, in_doubt_resend=in_doubt_resend,
+                             confirm=not wait_for_reply, fanout=fanout)
         # at_least_once: no credit within AT_LEAST_ONCE_CREDIT_WAIT means no consumer.
         short = min(deadline, time.monotonic() + AT_LEAST_ONCE_CREDIT_WAIT)
         try:
@@ -430,8 +441,15 @@ class ProtonDriver(base.BaseDriver):
                 return None
             raise
 
-    def _resend(self, result, address, budget, deadline, at_least_once, target):
-        """Whether a message the peer did not accept goes again (REFERENCE §3.6)."""
+    def _resend(self, result, address, attempt, budget, deadline, at_least_once, target,
+                timeout_given):
+        """Pause before a message the peer did not accept goes again, or raise
+        (REFERENCE §3.6). A released (or plainly modified) message never reached a
+        consumer, so sending it again cannot run anything twice: it goes again after
+        a short pause that grows (fastamqp.policy) for as long as its deadline and
+        retry budget allow. A router releases requests while a route is down (a mesh
+        neighbour restarting): the call then waits the flap out, as the original
+        driver's did, instead of failing at the first release."""
         retryable = result.outcome is Outcome.RELEASED or (
             result.outcome is Outcome.MODIFIED and not result.delivery_failed
             and not result.undeliverable_here)
@@ -440,15 +458,20 @@ class ProtonDriver(base.BaseDriver):
             raise oslo_messaging.MessageUndeliverable(
                 om_exceptions.MessageDeliveryFailure(f"{address}: no consumer took it"),
                 target.exchange, target.topic, None)
-        if retryable and (budget is None or budget > 0) and (
-                time.monotonic() + self.options.link_retry_delay < deadline):
-            # Released/modified messages never went past the next hop, so sending
-            # again cannot duplicate them.
-            time.sleep(self.options.link_retry_delay)
-            return True
-        raise om_exceptions.MessageDeliveryFailure(
-            f"{address}: the peer answered {result.outcome.value}"
-            + (f" ({result.condition}: {result.description})" if result.condition else ""))
+        if not retryable or (budget is not None and budget <= 0):
+            raise om_exceptions.MessageDeliveryFailure(
+                f"{address}: the peer answered {result.outcome.value}"
+                + (f" ({result.condition}: {result.description})" if result.condition
+                   else "")
+                + ("" if not retryable else ", and the retries are spent"))
+        left = deadline - time.monotonic()
+        time.sleep(max(0.0, min(policy.released_pause(attempt,
+                                                      self.options.link_retry_delay),
+                                left)))
+        if time.monotonic() >= deadline:
+            raise self._timeout_error(
+                timeout_given, f"{address}: the peer {result.outcome.value} the message "
+                f"each time it was sent, until the deadline (no consumer reachable)")
 
     def send_notification(self, target, ctxt, message, version, retry=None):
         deadline = time.monotonic() + self.options.default_notify_timeout
@@ -462,11 +485,14 @@ class ProtonDriver(base.BaseDriver):
         payload = codec.encode_notification(address, message, ctxt, version,
                                             serializer=self.serializer)
         budget = None if retry is None or retry < 0 else retry
+        presettled = "notify" in self.pre_settled
+        released = 0
         while True:
             try:
-                result = conn.send(address, payload,
-                                   presettled="notify" in self.pre_settled,
-                                   deadline=deadline, retry=retry)
+                # Confirmed unless pre-settled: the engine keeps the notification
+                # until the peer settles it (interface.Connection.send).
+                result = conn.send(address, payload, presettled=presettled,
+                                   deadline=deadline, retry=retry, confirm=True)
             except (exceptions.SendTimeout, exceptions.SendFailure,
                     exceptions.ConnectionFailed, exceptions.EngineClosed) as exc:
                 raise om_exceptions.MessageDeliveryFailure(f"{address}: {exc}") from None
@@ -474,8 +500,10 @@ class ProtonDriver(base.BaseDriver):
                 return
             # Released / modified: sent again, as casts are (REFERENCE §3.6);
             # rejected: a failure.
-            if self._resend(result, address, budget, deadline, False, target):
-                budget = None if budget is None else budget - 1
+            self._resend(result, address, released, budget, deadline, False, target,
+                         False)
+            released += 1
+            budget = None if budget is None else budget - 1
 
     # ---- listening ------------------------------------------------------------
     def listen(self, target, batch_size, batch_timeout):
@@ -555,8 +583,19 @@ class ProtonDriver(base.BaseDriver):
         if notifier:
             self._declared.update((b.queue, peer) for b in bindings)
 
+    def statistics(self):
+        """What this transport's connection did with confirmed casts and
+        notifications and with fanouts (fastamqp.interface.Connection.statistics):
+        held (in flight now), window, waiting_for_room, settled, resent_released,
+        resent_after_loss, possibly_duplicated, rejected, given_up, fanout_dropped.
+        Empty before the first send."""
+        conn = self._connection
+        return conn.statistics() if conn is not None else {}
+
     def cleanup(self):
         with self._lock:
             conn, self._connection = self._connection, None
         if conn is not None and self._pid == os.getpid():
-            conn.close()
+            # Confirmed casts and notifications the callers think are sent: give the
+            # peer time to settle them before the connection goes.
+            conn.close(drain=self.options.cleanup_drain_timeout)

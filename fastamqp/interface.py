@@ -13,6 +13,8 @@ import dataclasses
 import enum
 from typing import Callable, Optional, Protocol, Sequence
 
+from fastamqp import policy
+
 
 class Outcome(str, enum.Enum):
     """The terminal delivery states of AMQP 1.0 (part 3.4)."""
@@ -26,7 +28,8 @@ class Outcome(str, enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class SendResult:
     """How the peer settled a message. Pre-settled sends report ACCEPTED once the
-    message has been written to the connection."""
+    message is as good as written: on a link with credit for it. Confirmed sends
+    report ACCEPTED once the engine has taken the message (see Connection.send)."""
 
     outcome: Outcome
     delivery_failed: bool = False       # MODIFIED only
@@ -63,6 +66,9 @@ class ConnectionSettings:
     # default_sender_link_timeout); 0 keeps sender links for the connection's life.
     sender_link_timeout: float = 600
     reply_link_credit: int = 200
+    # Confirmed sends (Connection.send(confirm=True)) the connection holds at most
+    # until the peer settles them; while it is full, such a send waits.
+    send_window: int = policy.DEFAULT_SEND_WINDOW
     # Where replies arrive. None, or a function of the PeerInfo returning None: a
     # receiver with a dynamic source (the peer assigns the address). A function
     # returning an address: a receiver on that named source, for peers without
@@ -190,14 +196,40 @@ class Connection(Protocol):
     def peer(self) -> Optional[PeerInfo]: ...    # the last peer, even while reconnecting
     @property
     def active(self) -> bool: ...                # connected and open right now
-    def close(self, timeout: float = 30.0) -> None: ...
+    def close(self, timeout: float = 30.0, drain: float = 0.0) -> None:
+        """Close, first waiting up to ``drain`` seconds (within ``timeout``) for the
+        peer to settle the confirmed sends the connection holds; what is left is
+        logged."""
+
+    def statistics(self) -> dict:
+        """Counters of confirmed and fanout sends: held (the window in use), window,
+        waiting_for_room, settled, resent_released, resent_after_loss,
+        possibly_duplicated, rejected, given_up, fanout_dropped."""
 
     def send(self, address: str, payload: bytes, *, presettled: bool, deadline: float,
-             retry: Optional[int] = None, in_doubt_resend: bool = True) -> SendResult:
+             retry: Optional[int] = None, in_doubt_resend: bool = True,
+             confirm: bool = False, fanout: bool = False) -> SendResult:
         """``retry``: how often the send may go again (a link re-attached, a message
-        in doubt at a connection loss); None: no limit. ``in_doubt_resend=False``: a
-        message whose outcome is unknown when the connection drops fails instead of
-        going again (an RPC request: running a method twice is worse than an error)."""
+        in doubt at a connection loss, a released one); None: no limit.
+        ``in_doubt_resend=False``: a message whose outcome is unknown when the
+        connection drops fails instead of going again (an RPC request: running a
+        method twice is worse than an error).
+
+        ``confirm=True`` (unsettled sends only): do not wait for the outcome. The
+        send returns ACCEPTED once the engine has taken the message -- on the wire, or
+        on a link with credit for it, and within the connection's send window -- and
+        the engine keeps it until the peer settles it: released or plainly modified,
+        it goes again after a short, growing pause (fastamqp.policy) while its
+        deadline and ``retry`` allow; rejected, it is logged and counted; in doubt at
+        a connection loss, it goes again on the next connection before newer sends
+        (at least once). Until taken, the rules are those of any send: no credit by
+        the deadline raises SendTimeout. While the window is full the caller waits
+        for room or for the message's own outcome, whichever comes first.
+
+        ``fanout=True``: the address is a multicast one; a fanout waiting for credit
+        on a link that has never had any (a router with nobody subscribed) is dropped
+        and counted after fastamqp.policy.FANOUT_CREDIT_WAIT, and the send returns
+        ACCEPTED."""
 
     def reply_address(self, deadline: float) -> str: ...
     def expect_reply(self, message_id: str) -> ReplyWaiter: ...

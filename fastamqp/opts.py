@@ -5,10 +5,13 @@ The 38 options of the original driver keep their names, types, defaults, minimum
 ``amqp://host?option=value`` URLs keep working. The help text is our own. Two deliberate
 changes: ``addressing_mode`` and ``pre_settled`` reject unknown values with an error
 naming the option (the original silently fell back to routable addressing, or logged and
-ignored the value), and the new ``serializer`` option chooses the body format.
+ignored the value), and the new ``serializer`` option chooses the body format. One
+default differs: ``pre_settled`` lists only ``rpc-reply`` (the original also listed
+``rpc-cast``), so casts are confirmed (see its help and docs/migration.md).
 """
 from oslo_config import cfg
 
+from fastamqp import policy
 from fastamqp.exceptions import ConfigurationError
 
 GROUP = "oslo_messaging_amqp"
@@ -145,10 +148,20 @@ amqp1_opts = [
          "Credit window of each notification listener link."),
     # oslo.config cannot check the items of a MultiStrOpt default against choices, so
     # the values are checked by pre_settled() below.
-    cfg.MultiStrOpt("pre_settled", default=["rpc-cast", "rpc-reply"],
-                 help="Message types sent pre-settled: the sender does not wait for "
-                      "the peer's acknowledgement (faster, but a lost message goes "
-                      "unnoticed). Any of: " + ", ".join(PRE_SETTLED_TYPES) + "."),
+    # The original's default was rpc-cast and rpc-reply: a router (qdrouterd) drops
+    # pre-settled casts on a congested link and loses what it holds when it dies.
+    # Casts and notifications not listed here are confirmed: unsettled, but their
+    # callers do not wait for the acknowledgement (send_window).
+    cfg.MultiStrOpt("pre_settled", default=["rpc-reply"],
+                 help="Message types sent pre-settled: the peer does not acknowledge "
+                      "them, so one lost on the way (a router drops pre-settled "
+                      "messages on a congested link, and loses what it holds when it "
+                      "dies) goes unnoticed. Casts and notifications not listed are "
+                      "sent confirmed: the call returns as soon as the message is on "
+                      "its way, and the driver keeps it until the peer acknowledges "
+                      "it, sending it again when the peer releases it or the "
+                      "connection drops. Calls wait for their reply either way. Any "
+                      "of: " + ", ".join(PRE_SETTLED_TYPES) + "."),
 ]
 
 # Options this driver adds to the original's.
@@ -158,6 +171,15 @@ fastamqp_opts = [
                     "the original driver wrote (an AMQP string of JSON text) and what "
                     "every peer reads; 'msgpack' is smaller and faster but only "
                     "fastamqp reads it. Received messages are read in either format."),
+    cfg.IntOpt("send_window", default=policy.DEFAULT_SEND_WINDOW, min=1,
+               help="How many confirmed casts and notifications (those not listed in "
+                    "pre_settled) one connection holds until the peer acknowledges "
+                    "them. While it is full, a cast or notification waits for room, "
+                    "and fails at its deadline like any other send."),
+    cfg.FloatOpt("cleanup_drain_timeout", default=10.0, min=0,
+                 help="Seconds transport.cleanup() waits for the peer to acknowledge "
+                      "the confirmed casts and notifications still held, before it "
+                      "closes the connection and logs what it gave up on."),
     cfg.BoolOpt("notification_pools", default=False,
                 help="Deliver notifications so that listener pools work "
                      "(get_notification_listener(..., pool=...)): notifiers send to "

@@ -9,7 +9,10 @@ What it does, and why:
   MULTIPLIED by retry_backoff after each failure up to retry_interval_max, as the
   original driver did (REFERENCE §3.2);
 * a send waits for the peer's outcome; a pre-settled send completes when it has been
-  written to the socket, not while it still waits for credit (REFERENCE §3.9 #7);
+  written to the socket, not while it still waits for credit (REFERENCE §3.9 #7); a
+  confirmed send (``confirm=True``) completes once it is on the wire and within the
+  send window, and the engine keeps it until the peer settles it
+  (fastamqp.interface.Connection.send);
 * sends whose outcome was unknown when the connection dropped are sent again on the
   next connection while their retry budget and deadline allow (§3.9 #8);
 * casts and notifications do not wait for the reply link (§3.9 #6);
@@ -30,8 +33,8 @@ import time
 import proton
 import pyngus
 
-from fastamqp import exceptions
-from fastamqp._control import ControlPlane, is_tls_failure
+from fastamqp import exceptions, policy
+from fastamqp._control import SEND_LOG, ControlPlane, is_tls_failure, window_full_text
 from fastamqp.interface import (Delivery, Outcome, PeerInfo, SendResult, Source,
                                 TLSInfo, source_address)
 
@@ -43,6 +46,10 @@ _OUTCOMES = {
     pyngus.SenderLink.MODIFIED: Outcome.MODIFIED,
     pyngus.SenderLink.REJECTED: Outcome.REJECTED,
 }
+
+
+# What a confirmed send's caller hears once the engine has taken the message.
+_TAKEN = SendResult(Outcome.ACCEPTED)
 
 
 class _Encoded:
@@ -62,18 +69,29 @@ class _Encoded:
 
 
 class _Send:
-    """One send() call, alive until it has a result or an error."""
+    """One send() call, alive until it has a result or an error; a confirmed one
+    until the peer has settled it."""
 
-    def __init__(self, address, payload, presettled, deadline, retry, in_doubt_resend=True):
+    def __init__(self, address, payload, presettled, deadline, retry, in_doubt_resend=True,
+                 confirm=False, fanout=False):
         self.in_doubt_resend = in_doubt_resend
         self.address = address
         self.payload = payload
         self.presettled = presettled
+        self.confirm = confirm and not presettled
+        self.fanout = fanout
         self.deadline = deadline
         self.retries_left = None if retry is None or retry < 0 else retry
         self.done = threading.Event()
         self.result = None
         self.error = None
+        # I/O thread only.
+        self.taken = False       # its caller was released; the engine owns it
+        self.held = False        # counted in the send window
+        self.in_wwait = False    # on the wire, its caller waiting for room
+        self.ended = False       # the engine is finished with it
+        self.attempts = 0        # resends after released / modified
+        self.where = None        # "waiting" or "inflight" in its _Sender
 
     def finish(self, result=None, error=None):
         if not self.done.is_set():
@@ -99,6 +117,7 @@ class _Sender:
         self.active = False
         self.waiting = collections.deque()   # _Send, until the link is active
         self.credit_seen = False             # has the peer ever given this link credit?
+        self.active_since = 0.0
         self.last_used = time.monotonic()
         self.in_flight = {}                  # handle -> _Send, awaiting the outcome
 
@@ -110,25 +129,36 @@ class _Sender:
         self.link.open()
 
     def submit(self, send):
-        self.last_used = time.monotonic()
+        now = self.last_used = time.monotonic()
         if self.active and not self.waiting and self.link.credit > 0:
             self._transmit(send)
+        elif (send.fanout and not self.credit_seen and self.active
+              and now - self.active_since >= policy.FANOUT_CREDIT_WAIT):
+            self.engine._drop_fanout(send)
         else:
+            send.where = "waiting"
             self.waiting.append(send)
+            if send.fanout and not self.credit_seen:
+                # Look again once the link has had time to get credit.
+                since = self.active_since if self.active else now
+                self.engine._check_fanout_at(
+                    max(since + policy.FANOUT_CREDIT_WAIT, now + 0.01), send)
 
     def _drain(self):
         # Hand sends to pyngus only while there is credit: pyngus would queue the rest
         # out of our reach, and a send that ended at its deadline (reported
         # undeliverable or timed out) could still go out once credit came.
         while self.active and self.waiting and self.link.credit > 0:
-            self._transmit(self.waiting.popleft())
+            send = self.waiting.popleft()
+            send.where = None
+            self._transmit(send)
 
     @property
     def idle(self):
         return not self.waiting and not self.in_flight
 
     def _transmit(self, send):
-        if send.done.is_set():
+        if send.done.is_set() and not send.taken:
             return  # its caller has already been told (deadline): never send late
         if send.presettled:
             # Complete after the next socket write: see _Encoded.
@@ -136,7 +166,10 @@ class _Sender:
         else:
             handle = next(self.engine._ids)
             self.in_flight[handle] = send
+            send.where = "inflight"
             self.link.send(_Encoded(send.payload), self._outcome, handle)
+            if send.confirm and not send.taken:
+                self.engine._take_or_wait(send)
 
     def _outcome(self, link, handle, state, info):
         self.last_used = time.monotonic()
@@ -146,8 +179,13 @@ class _Sender:
         outcome = _OUTCOMES.get(state)
         if outcome is None:  # TIMED_OUT/ABORTED/UNKNOWN: our own timers decide
             return
+        send.where = None
         info = info or {}
         condition = info.get("condition")
+        if send.taken:
+            self.engine._confirmed_outcome(send, outcome, info)
+            return
+        self.engine._leave_wwait(send)
         send.finish(SendResult(
             outcome,
             delivery_failed=bool(info.get("delivery-failed")),
@@ -158,6 +196,7 @@ class _Sender:
     # pyngus SenderEventHandler
     def sender_active(self, link):
         self.active = True
+        self.active_since = time.monotonic()
         self._drain()
 
     def sender_remote_closed(self, link, condition):
@@ -502,7 +541,16 @@ class Connection(ControlPlane):
         self._pconn = None
         self._generation = 0
         self._senders = {}
-        self._deadlines = []         # heap of (deadline, seq, _Send)
+        self._deadlines = []         # heap of (when, seq, _Send, is a fanout check)
+        self._window = max(1, int(settings.send_window))
+        self._held = 0               # confirmed sends taken, not yet settled
+        self._wwait = collections.deque()   # confirmed sends waiting for room
+        self._stats = dict.fromkeys(
+            ("waiting_for_room", "settled", "resent_released", "resent_after_loss",
+             "possibly_duplicated", "rejected", "given_up", "fanout_dropped"), 0)
+        self._lost_inflight = 0      # in doubt at the last loss, resent on activation
+        self._opened_at = None
+        self._drain_until = None
         self._resubmit = []          # in-doubt sends waiting for the next connection
         self._written = []           # pre-settled sends written since the last flush
         self._subscriptions = set()
@@ -518,7 +566,7 @@ class Connection(ControlPlane):
             name=f"fastamqp I/O {self._settings.container_id}")
         self._thread.start()
 
-    def close(self, timeout=30.0):
+    def close(self, timeout=30.0, drain=0.0):
         if self._thread is None or self._closing:
             return
         if not self._thread.is_alive():
@@ -528,15 +576,22 @@ class Connection(ControlPlane):
             self._closing = True
             return
         self._closing = True
-        self._call_soon(self._begin_close)
+        drain = max(0.0, min(drain, timeout - 1.0))
+        self._call_soon(lambda: self._drain_then_close(drain))
         self._thread.join(timeout)
+
+    def statistics(self):
+        stats = dict(self._stats)
+        stats.update(held=self._held, window=self._window)
+        return stats
 
     # ---- operations (any thread) ----------------------------------------------
     def send(self, address, payload, *, presettled, deadline, retry=None,
-             in_doubt_resend=True):
+             in_doubt_resend=True, confirm=False, fanout=False):
         if self._stopped.is_set() or self._closing:
             raise exceptions.EngineClosed("the connection was closed")
-        send = _Send(address, payload, presettled, deadline, retry, in_doubt_resend)
+        send = _Send(address, payload, presettled, deadline, retry, in_doubt_resend,
+                     confirm, fanout)
         if not self._call_soon(lambda: self._submit(send)):
             raise exceptions.EngineClosed("the connection's I/O thread has ended")
         send.done.wait(max(0.0, deadline - time.monotonic()) + 1.0)
@@ -679,12 +734,32 @@ class Connection(ControlPlane):
 
     def _expire_sends(self, now):
         while self._deadlines and self._deadlines[0][0] <= now:
-            send = heapq.heappop(self._deadlines)[2]
-            if send.done.is_set():
+            _, _, send, fanout_check = heapq.heappop(self._deadlines)
+            if send.ended:
                 continue
             sender = self._senders.get(send.address)
+            if fanout_check:
+                # No credit ever on the fanout's link: nobody receives it.
+                if (send.where == "waiting" and sender is not None
+                        and not sender.credit_seen):
+                    sender.waiting.remove(send)
+                    send.where = None
+                    self._drop_fanout(send)
+                continue
+            if send.taken:
+                # On the wire, its outcome decides (a connection loss brings it back);
+                # anywhere else it has had its time.
+                if send.where != "inflight":
+                    self._give_up(send, "not settled by its deadline")
+                continue
+            if send.done.is_set():
+                continue
             starved = sender is None or not (sender.credit_seen or (
                 sender.link is not None and sender.link.credit > 0))
+            if send.in_wwait:
+                send.finish(error=exceptions.SendTimeout(
+                    window_full_text(send.address, self._settings)))
+                continue
             if starved:
                 text = (f"the peer gave no credit for {send.address} before the "
                         f"deadline (through a router: no consumer)")
@@ -749,10 +824,12 @@ class Connection(ControlPlane):
         if self._closing:
             return
         delay = self._delay
-        # Multiplied, as the original driver did (its help text said "added").
-        self._delay = min(self._delay * self._settings.retry_backoff,
+        # Multiplied, as the original driver did (its help text said "added"); after
+        # the immediate attempt, from retry_interval.
+        self._delay = min(self._delay * self._settings.retry_backoff if delay > 0
+                          else self._settings.retry_interval,
                           self._settings.retry_interval_max)
-        self._later(delay, self._connect)
+        self._later(max(delay, 0.01), self._connect)
 
     def _teardown_socket(self):
         if self._pconn is not None:
@@ -773,6 +850,13 @@ class Connection(ControlPlane):
             return
         LOG.warning("connection to %s lost: %s", getattr(self, "_current_host", "?"),
                     reason)
+        # A connection that had been up a while is tried again at once: a peer that
+        # restarts quickly is found on the first attempt, not a back-off later. One
+        # that failed soon after it opened keeps the back-off (no reconnection storm).
+        if (self._opened_at is not None
+                and time.monotonic() - self._opened_at >= self._settings.retry_interval):
+            self._delay = 0
+        self._opened_at = None
         self._active.clear()
         self._reply_ready.clear()
         self._teardown_socket()
@@ -781,17 +865,26 @@ class Connection(ControlPlane):
         for waiter in list(self._calls.values()):
             waiter.fail(lost)
         # Sends whose outcome is unknown go again on the next connection, while their
-        # budget and deadline allow; a pre-settled one not yet written goes again too.
+        # budget and deadline allow, in the order they were sent: those in flight
+        # first; then those that never left (no credit yet), which are not in doubt
+        # and wait for credit again. A pre-settled one not yet written goes again too.
         for sender in self._senders.values():
-            # Sends that never left (no credit yet) are not in doubt: they wait.
-            self._resubmit.extend(s for s in sender.waiting if not s.done.is_set())
             for send in list(sender.in_flight.values()):
+                send.where = None
+                self._leave_wwait(send)
+                if send.done.is_set() and not send.taken:
+                    continue
                 if send.in_doubt_resend and send.may_retry():
                     self._resubmit.append(send)
+                    self._lost_inflight += 1
                 else:
-                    send.finish(error=exceptions.SendFailure(
+                    self._fail(send, exceptions.SendFailure(
                         f"connection lost before the peer settled the message to "
                         f"{send.address}, and its retries are spent"))
+            for send in sender.waiting:
+                send.where = None
+                if send.taken or not send.done.is_set():
+                    self._resubmit.append(send)
         # Pre-settled sends handed to the transport but perhaps not to the socket.
         for send in self._written:
             if send.in_doubt_resend and send.may_retry():
@@ -816,6 +909,19 @@ class Connection(ControlPlane):
                 sender.link.close()
         self._later(min(timeout / 2, 10.0), self._purge_senders)
 
+    def _drain_then_close(self, drain):
+        """Close once the peer has settled the confirmed sends held, or after
+        ``drain`` seconds, saying what was given up."""
+        if self._drain_until is None:
+            self._drain_until = time.monotonic() + drain
+        if self._held and time.monotonic() < self._drain_until:
+            self._later(0.02, lambda: self._drain_then_close(drain))
+            return
+        if self._held:
+            SEND_LOG.warning("closing with %d confirmed message(s) the peer has not "
+                             "settled after %.1f s: given up", self._held, drain)
+        self._begin_close()
+
     def _begin_close(self):
         self._closing = True
         for sub in list(self._subscriptions):
@@ -833,7 +939,7 @@ class Connection(ControlPlane):
     def _fail_everything(self, error):
         for waiter in list(self._calls.values()):
             waiter.fail(error)
-        for _, _, send in self._deadlines:
+        for _, _, send, _ in self._deadlines:
             send.finish(error=error)
         for send in self._resubmit:
             send.finish(error=error)
@@ -841,12 +947,14 @@ class Connection(ControlPlane):
             sub.stop()
 
     def _submit(self, send):
-        if self._closing:
+        if send.ended:
+            return
+        if self._closing and self._drain_until is None and not send.taken:
             send.finish(error=exceptions.EngineClosed("the connection is closing"))
             return
-        if send.done.is_set():
+        if send.done.is_set() and not send.taken:
             return  # timed out while waiting for a connection or a retry
-        heapq.heappush(self._deadlines, (send.deadline, next(self._ids), send))
+        heapq.heappush(self._deadlines, (send.deadline, next(self._ids), send, False))
         sender = self._senders.get(send.address)
         if sender is None:
             sender = self._senders[send.address] = _Sender(self, send.address)
@@ -863,11 +971,15 @@ class Connection(ControlPlane):
         except Exception:
             pass
         for send in list(sender.in_flight.values()) + list(sender.waiting):
+            send.where = None
+            self._leave_wwait(send)
+            if send.done.is_set() and not send.taken:
+                continue
             if send.may_retry():
                 self._later(self._settings.link_retry_delay,
                             lambda s=send: self._submit(s))
             else:
-                send.finish(error=exceptions.SendFailure(
+                self._fail(send, exceptions.SendFailure(
                     f"the peer detached the link to {sender.address}: {reason}"))
 
     def _receiver_lost(self, sub, entry):
@@ -883,6 +995,94 @@ class Connection(ControlPlane):
                 return
             sub.open_link(self._pconn, entry)
         self._later(self._settings.link_retry_delay, reattach)
+
+    # ---- confirmed sends and the send window (I/O thread) -------------------------
+    def _take_or_wait(self, send):
+        """A confirmed send has just gone on the wire: take it into the window, or
+        let its caller wait for room (or for its own outcome)."""
+        if send.done.is_set():
+            return
+        if self._held < self._window:
+            self._held += 1
+            send.held = send.taken = True
+            send.finish(_TAKEN)
+        else:
+            send.in_wwait = True
+            self._stats["waiting_for_room"] += 1
+            self._wwait.append(send)
+
+    def _leave_wwait(self, send):
+        if send.in_wwait:
+            send.in_wwait = False
+            self._stats["waiting_for_room"] -= 1
+
+    def _release(self, send):
+        """The engine is finished with ``send``; the oldest send waiting for room
+        takes its place in the window."""
+        send.ended = True
+        if not send.held:
+            return
+        send.held = False
+        self._held -= 1
+        while self._wwait and self._held < self._window:
+            waiting = self._wwait.popleft()
+            if waiting.in_wwait:
+                self._leave_wwait(waiting)
+                self._take_or_wait(waiting)
+
+    def _fail(self, send, error):
+        """``send`` will not go out (again). Its caller hears why; one whose caller
+        was already released is logged and counted instead."""
+        if send.taken:
+            self._give_up(send, str(error))
+        else:
+            send.finish(error=error)
+            self._release(send)
+
+    def _give_up(self, send, why):
+        self._stats["given_up"] += 1
+        SEND_LOG.error("gave up on a message to %s: %s", send.address, why)
+        self._release(send)
+
+    def _confirmed_outcome(self, send, outcome, info):
+        """The peer settled a confirmed send whose caller has gone on."""
+        if outcome is Outcome.ACCEPTED:
+            self._stats["settled"] += 1
+            self._release(send)
+            return
+        failed = info.get("delivery-failed") or info.get("undeliverable-here")
+        if outcome is Outcome.RELEASED or (outcome is Outcome.MODIFIED and not failed):
+            # It never reached a consumer: sending it again cannot duplicate it.
+            pause = policy.released_pause(send.attempts, self._settings.link_retry_delay)
+            send.attempts += 1
+            if time.monotonic() + pause < send.deadline and send.may_retry():
+                self._stats["resent_released"] += 1
+                self._later(pause, lambda: self._submit(send))
+                return
+            self._give_up(send, f"the peer {outcome.value} it until its deadline or its "
+                                f"retries were spent")
+            return
+        condition = info.get("condition")
+        self._stats["rejected"] += 1
+        SEND_LOG.error("the peer %s a message to %s: %s",
+                       "rejected" if outcome is Outcome.REJECTED
+                       else "refused (modified, undeliverable)", send.address,
+                       f"{condition.name}: {condition.description}"
+                       if condition is not None else "no condition")
+        self._release(send)
+
+    def _drop_fanout(self, send):
+        """A fanout nobody receives (fastamqp.policy.FANOUT_CREDIT_WAIT): its caller
+        hears success, as from the original driver and the rabbit driver."""
+        self._stats["fanout_dropped"] += 1
+        SEND_LOG.debug("fanout to %s dropped: it has no receiver (the peer gave the "
+                       "link no credit)", send.address)
+        send.finish(_TAKEN)
+        self._release(send)
+
+    def _check_fanout_at(self, when, send):
+        if when < send.deadline:
+            heapq.heappush(self._deadlines, (when, next(self._ids), send, True))
 
     # ---- pyngus ConnectionEventHandler (I/O thread) ----------------------------
     def connection_active(self, pconn):
@@ -900,12 +1100,20 @@ class Connection(ControlPlane):
         self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
                               {str(k): v for k, v in props.items()}, mech or None, tls)
         self._delay = self._settings.retry_interval
+        self._opened_at = time.monotonic()
         self._opened()
         self._reply.attach(pconn)
         for sub in self._subscriptions:
             sub.links.clear()
             sub.attach(pconn)
         resubmit, self._resubmit = self._resubmit or [], []
+        if self._lost_inflight:
+            SEND_LOG.info("sending again %d message(s) that were not settled when the "
+                          "last connection was lost (at least once: the peer may have "
+                          "had them)", self._lost_inflight)
+            self._stats["resent_after_loss"] += self._lost_inflight
+            self._stats["possibly_duplicated"] += self._lost_inflight
+            self._lost_inflight = 0
         self._set_active()
         for send in resubmit:
             self._submit(send)

@@ -219,9 +219,13 @@ struct fa_op {
     double deadline;
     int retries_left;                 /* -1: no limit */
     int in_doubt_resend;              /* 0: fail, not resend, when in doubt (calls) */
+    int confirm, fanout;              /* FA_SEND_CONFIRM, FA_SEND_FANOUT */
     /* set by the caller before it is queued, then read by the I/O thread */
     int queued;                       /* counted in its address's cview.queued */
-    int early;                        /* pre-settled, completed when queued (cview) */
+    int early;                        /* its caller was released before the outcome:
+                                       * pre-settled with credit (cview), or a
+                                       * confirmed send taken into the window */
+    int held;                         /* counted in io->held (a confirmed send) */
     /* shared, under io->lock */
     fa_result res;
     uint64_t seq;
@@ -232,6 +236,11 @@ struct fa_op {
     size_t heap_idx;                  /* SIZE_MAX: not in the deadline heap */
     uint64_t mark;                    /* pre-settled: output offset of its last byte */
     double retry_at;
+    double expiry;                    /* deadline-heap key: the deadline, or earlier
+                                       * to check a fanout link for credit */
+    int attempts;                     /* resends after released / modified */
+    int in_wwait;                     /* in flight, its caller waiting for room */
+    fa_op *wprev, *wnext;
     pn_delivery_t *delivery;          /* unsettled and in flight */
     fa_op *cmd_next;                  /* in the submitted queue */
 };
@@ -302,7 +311,7 @@ typedef struct sender {
     cview *cv;
     pn_link_t *link;
     int active, credit_seen;
-    double last_used;
+    double last_used, active_since;
     oplist waiting, inflight;
 } sender;
 
@@ -311,6 +320,7 @@ typedef struct cmd {
     int kind;
     void *ptr;
     uint64_t generation;
+    double value;                     /* CMD_CLOSE: the drain time */
     char *text;
     struct cmd *next;
 } cmd;
@@ -350,6 +360,9 @@ struct fa_io {
     fa_map calls;
     fa_map cviews;                    /* address -> cview, kept for the io's life */
     uint64_t ids;
+    int window;                       /* confirmed sends held at most */
+    long held;                        /* confirmed sends taken, not yet settled */
+    fa_stats st;                      /* counters (held, window: see fa_io_stats) */
 
     pthread_t thread;
     int started;
@@ -367,6 +380,10 @@ struct fa_io {
     oplist justsent, written, resubmit, retry;
     fa_op **heap;
     size_t heap_len, heap_cap;
+    fa_op *wwait_head, *wwait_tail;   /* confirmed sends waiting for room, in order */
+    long lost_inflight;               /* in doubt at the last loss, resent on activation */
+    double opened_at, drain, drain_until;
+    int draining;
     fa_sub *subs;
     timer *timers;
     size_t ntimers, timers_cap;
@@ -466,10 +483,12 @@ static void wake_io_locked(fa_io *io)
     }
 }
 
-static void push_cmd(fa_io *io, int kind, void *ptr, uint64_t generation, const char *text)
+static void push_cmd_value(fa_io *io, int kind, void *ptr, uint64_t generation,
+                           const char *text, double value)
 {
     cmd *c = calloc(1, sizeof *c);
     c->kind = kind;
+    c->value = value;
     c->ptr = ptr;
     c->generation = generation;
     c->text = dup_or_null(text);
@@ -478,6 +497,11 @@ static void push_cmd(fa_io *io, int kind, void *ptr, uint64_t generation, const 
     io->cmd_tail = c;
     wake_io_locked(io);
     pthread_mutex_unlock(&io->lock);
+}
+
+static void push_cmd(fa_io *io, int kind, void *ptr, uint64_t generation, const char *text)
+{
+    push_cmd_value(io, kind, ptr, generation, text, 0);
 }
 
 uint64_t fa_io_next_id(fa_io *io)
@@ -528,7 +552,7 @@ static void heap_up(fa_io *io, size_t i)
 {
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (io->heap[p]->deadline <= io->heap[i]->deadline) break;
+        if (io->heap[p]->expiry <= io->heap[i]->expiry) break;
         heap_swap(io, i, p);
         i = p;
     }
@@ -538,8 +562,8 @@ static void heap_down(fa_io *io, size_t i)
 {
     for (;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < io->heap_len && io->heap[l]->deadline < io->heap[m]->deadline) m = l;
-        if (r < io->heap_len && io->heap[r]->deadline < io->heap[m]->deadline) m = r;
+        if (l < io->heap_len && io->heap[l]->expiry < io->heap[m]->expiry) m = l;
+        if (r < io->heap_len && io->heap[r]->expiry < io->heap[m]->expiry) m = r;
         if (m == i) break;
         heap_swap(io, i, m);
         i = m;
@@ -575,7 +599,8 @@ static void heap_remove(fa_io *io, fa_op *op)
 /* ---- ops ------------------------------------------------------------------------ */
 
 fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
-                 int presettled, double deadline, int retry, int in_doubt_resend)
+                 int presettled, double deadline, int retry, int in_doubt_resend,
+                 int flags)
 {
     fa_op *op = calloc(1, sizeof *op);
     LIVE_ADD(FA_LIVE_OP, 1);
@@ -589,6 +614,9 @@ fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t siz
     op->deadline = deadline;
     op->retries_left = retry < 0 ? -1 : retry;
     op->in_doubt_resend = in_doubt_resend;
+    op->confirm = !presettled && (flags & FA_SEND_CONFIRM);
+    op->fanout = (flags & FA_SEND_FANOUT) != 0;
+    op->expiry = deadline;
     op->heap_idx = SIZE_MAX;
     init_cond(&op->cond);
     return op;
@@ -613,7 +641,12 @@ void fa_io_send(fa_io *io, fa_op *op)
     cview *cv = map_get(&io->cviews, op->address);
     if (cv) {
         op->queued = 1;
-        if (op->presettled && cv->credit - cv->queued > 0) {
+        int room = cv->credit - cv->queued > 0;
+        if (room && op->confirm && io->held < io->window) {
+            op->held = 1;              /* taken: the I/O thread owns it from here */
+            io->held++;
+        }
+        if (room && (op->presettled || op->held)) {
             op->early = 1;
             op->res.state = FA_DONE;
             op->res.outcome = FA_ACCEPTED;
@@ -680,13 +713,90 @@ static int op_abandoned(fa_io *io, fa_op *op)
     return !op->early && op_is_done(io, op);
 }
 
-/* The I/O thread is finished with op (it is in none of its lists). */
+/* A line for Python's log, written by the dispatcher thread. */
+static void log_event(fa_io *io, int level, const char *fmt, ...)
+{
+    char text[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    fa_event *ev = new_event(FA_EV_LOG, io->generation);
+    ev->level = level;
+    ev->text = strdup(text);
+    post(io, ev);
+}
+
+/* ---- the window of confirmed sends (I/O thread; counts under io->lock) ---------- */
+
+static void wwait_remove(fa_io *io, fa_op *op)
+{
+    if (!op->in_wwait) return;
+    if (op->wprev) op->wprev->wnext = op->wnext; else io->wwait_head = op->wnext;
+    if (op->wnext) op->wnext->wprev = op->wprev; else io->wwait_tail = op->wprev;
+    op->wprev = op->wnext = NULL;
+    op->in_wwait = 0;
+    pthread_mutex_lock(&io->lock);
+    io->st.waiting_for_room--;
+    pthread_mutex_unlock(&io->lock);
+}
+
+/* Take op into the window if there is room (lock held): its caller is released and
+ * the I/O thread owns the message until the peer settles it. */
+static int take_locked(fa_io *io, fa_op *op)
+{
+    if (op->res.state != FA_PENDING || io->held >= io->window) return 0;
+    io->held++;
+    op->held = op->early = 1;
+    op->res.state = FA_DONE;
+    op->res.outcome = FA_ACCEPTED;
+    changed_locked(io, &op->cond, &op->seq, op->id);
+    return 1;
+}
+
+/* A confirmed send has just gone on the wire: taken, or its caller waits for room. */
+static void take_or_wait(fa_io *io, fa_op *op)
+{
+    pthread_mutex_lock(&io->lock);
+    int taken = take_locked(io, op);
+    int pending = op->res.state == FA_PENDING;
+    if (!taken && pending) io->st.waiting_for_room++;
+    pthread_mutex_unlock(&io->lock);
+    if (taken || !pending) return;
+    op->in_wwait = 1;
+    op->wnext = NULL;
+    op->wprev = io->wwait_tail;
+    if (io->wwait_tail) io->wwait_tail->wnext = op; else io->wwait_head = op;
+    io->wwait_tail = op;
+}
+
+/* The I/O thread is finished with op (it is in none of its lists). A held send
+ * leaves the window: the oldest send waiting for room takes its place. */
 static void op_release(fa_io *io, fa_op *op)
 {
     heap_remove(io, op);
+    wwait_remove(io, op);
+    if (op->held) {
+        fa_op *next;
+        op->held = 0;
+        pthread_mutex_lock(&io->lock);
+        io->held--;
+        pthread_mutex_unlock(&io->lock);
+        while ((next = io->wwait_head)) {
+            pthread_mutex_lock(&io->lock);
+            int full = io->held >= io->window;
+            if (!full) take_locked(io, next);
+            pthread_mutex_unlock(&io->lock);
+            if (full) break;
+            wwait_remove(io, next);    /* taken, or its caller gave up: either way */
+        }
+    }
     fa_op_unref(op);
 }
 
+/* op will not go out (again). Its caller hears why; a send whose caller was already
+ * released (a confirmed send taken, or a pre-settled one completed early) is logged
+ * and counted instead, since nobody else will hear of it. */
 static void op_fail(fa_io *io, fa_op *op, int error, const char *fmt, ...)
 {
     char text[400];
@@ -694,9 +804,28 @@ static void op_fail(fa_io *io, fa_op *op, int error, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    op_finish(io, op, FA_FAILED, 0, error, text);
+    if (op->early) {
+        pthread_mutex_lock(&io->lock);
+        io->st.given_up++;
+        pthread_mutex_unlock(&io->lock);
+        log_event(io, FA_LOG_ERROR, "gave up on a message to %s (send #%llu): %s",
+                  op->address, (unsigned long long)op->id, text);
+    } else {
+        op_finish(io, op, FA_FAILED, 0, error, text);
+    }
     list_remove(op);
     op_release(io, op);
+}
+
+/* The pause before a released message goes again (fa_io.h). */
+static double released_pause(fa_io *io, int attempt)
+{
+    double cap = FA_RELEASED_PAUSE_MAX;
+    double pause = FA_RELEASED_PAUSE_FIRST;
+    if (io->link_retry_delay > FA_RELEASED_PAUSE_FIRST && io->link_retry_delay < cap)
+        cap = io->link_retry_delay;
+    while (attempt-- > 0 && pause < cap) pause *= 2;
+    return pause < cap ? pause : cap;
 }
 
 static int op_may_retry(fa_op *op)
@@ -978,6 +1107,7 @@ fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
     map_init(&io->cviews);
     io->sock = -1;
     io->delay = io->retry_interval;
+    io->window = cfg->window > 0 ? cfg->window : 1;
     io->cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (io->cmd_fd < 0 || pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
         snprintf(err, errlen, "cannot create the engine's wake-up descriptors: %s",
@@ -1007,9 +1137,18 @@ void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address)
     push_cmd(io, CMD_ACTIVATE, NULL, generation, reply_address);
 }
 
-void fa_io_close(fa_io *io)
+void fa_io_close(fa_io *io, double drain)
 {
-    push_cmd(io, CMD_CLOSE, NULL, 0, NULL);
+    push_cmd_value(io, CMD_CLOSE, NULL, 0, NULL, drain);
+}
+
+void fa_io_stats(fa_io *io, fa_stats *out)
+{
+    pthread_mutex_lock(&io->lock);
+    *out = io->st;
+    out->held = io->held;
+    out->window = io->window;
+    pthread_mutex_unlock(&io->lock);
 }
 
 void fa_io_abort(fa_io *io)
@@ -1135,8 +1274,9 @@ static void schedule_reconnect(fa_io *io)
 {
     if (io->closing) return;
     double delay = io->delay > 0.01 ? io->delay : 0.01;
-    /* Multiplied, as the original driver did (its help text said "added"). */
-    io->delay = io->delay * io->retry_backoff;
+    /* Multiplied, as the original driver did (its help text said "added"); after the
+     * immediate attempt, from retry_interval. */
+    io->delay = io->delay > 0 ? io->delay * io->retry_backoff : io->retry_interval;
     if (io->delay > io->retry_max) io->delay = io->retry_max;
     drop_timers(io, T_RECONNECT);
     add_timer(io, delay, T_RECONNECT, NULL, NULL);
@@ -1282,19 +1422,25 @@ static void free_sender_cb(void *arg, void *value)
     sender *s = value;
     fa_op *op;
     /* Sends whose outcome is unknown go again on the next connection, while their
-     * budget and deadline allow (REFERENCE §3.9 #8); sends that never left (no credit
-     * yet) simply wait for it, they are not in doubt. */
+     * budget and deadline allow (REFERENCE §3.9 #8), in the order they were sent:
+     * those in flight first, then those that never left (no credit yet), which are
+     * not in doubt and simply wait for credit again. */
+    while ((op = list_pop(&s->inflight))) {
+        op->delivery = NULL;
+        wwait_remove(io, op);
+        if (op_abandoned(io, op)) { op_release(io, op); continue; }
+        if (op->in_doubt_resend && op_may_retry(op)) {
+            list_push(&io->resubmit, op);
+            io->lost_inflight++;
+        } else {
+            op_fail(io, op, FA_ERR_SEND_FAILURE,
+                    "connection lost before the peer settled the message to %s, and "
+                    "its retries are spent", op->address);
+        }
+    }
     while ((op = list_pop(&s->waiting))) {
         if (op_abandoned(io, op)) op_release(io, op);
         else list_push(&io->resubmit, op);
-    }
-    while ((op = list_pop(&s->inflight))) {
-        op->delivery = NULL;
-        if (op_is_done(io, op)) { op_release(io, op); continue; }
-        if (op->in_doubt_resend && op_may_retry(op)) list_push(&io->resubmit, op);
-        else op_fail(io, op, FA_ERR_SEND_FAILURE,
-                     "connection lost before the peer settled the message to %s, and "
-                     "its retries are spent", op->address);
     }
     free_sender(io, s);
 }
@@ -1374,6 +1520,11 @@ static void connection_lost(fa_io *io, const char *fmt, ...)
     requeue_written(io, &io->written);
     drop_timers(io, T_CONNECT_TIMEOUT);
     drop_timers(io, T_REATTACH);
+    /* A connection that had been up a while is tried again at once: a peer that
+     * restarts quickly is found on the first attempt, not a back-off later. One that
+     * failed soon after it opened keeps the back-off (no reconnection storm). */
+    if (io->opened && fa_monotonic() - io->opened_at >= io->retry_interval)
+        io->delay = 0;
     teardown(io);
     if (io->closing) { io->quit = 1; return; }
     schedule_reconnect(io);
@@ -1537,7 +1688,22 @@ static void transmit(fa_io *io, sender *s, fa_op *op)
         op->delivery = d;
         pn_delivery_set_context(d, op);
         list_push(&s->inflight, op);
+        if (op->confirm && !op->early) take_or_wait(io, op);
     }
+}
+
+/* A fanout nobody receives: the link has never had credit (fa_io.h). Its caller
+ * hears success, as from the original driver and the rabbit driver. */
+static void drop_fanout(fa_io *io, fa_op *op)
+{
+    pthread_mutex_lock(&io->lock);
+    io->st.fanout_dropped++;
+    pthread_mutex_unlock(&io->lock);
+    log_event(io, FA_LOG_DEBUG, "fanout to %s dropped: it has no receiver (the peer "
+              "gave the link no credit)", op->address);
+    list_remove(op);
+    op_finish(io, op, FA_DONE, FA_ACCEPTED, 0, NULL);
+    op_release(io, op);
 }
 
 static void drain_waiting(fa_io *io, sender *s)
@@ -1565,9 +1731,28 @@ static void submit(fa_io *io, fa_op *op)
         return;
     }
     sender *s = get_sender(io, op->address);
-    s->last_used = fa_monotonic();
-    if (s->active && pn_link_credit(s->link) > 0 && !s->waiting.head) transmit(io, s, op);
-    else list_push(&s->waiting, op);
+    double now = fa_monotonic();
+    s->last_used = now;
+    if (s->active && pn_link_credit(s->link) > 0 && !s->waiting.head) {
+        transmit(io, s, op);
+    } else if (op->fanout && !s->credit_seen && s->active &&
+               now - s->active_since >= FA_FANOUT_CREDIT_WAIT) {
+        publish_credit(io, s, op);
+        drop_fanout(io, op);
+        return;
+    } else {
+        list_push(&s->waiting, op);
+        if (op->fanout && !s->credit_seen) {
+            /* Look again once the link has had time to get credit. */
+            double check = (s->active ? s->active_since : now) + FA_FANOUT_CREDIT_WAIT;
+            if (check < now + 0.01) check = now + 0.01;
+            if (check < op->deadline) {
+                heap_remove(io, op);
+                op->expiry = check;
+                heap_add(io, op);
+            }
+        }
+    }
     publish_credit(io, s, op);
 }
 
@@ -1579,6 +1764,7 @@ static void sender_lost(fa_io *io, sender *s, const char *why)
     pn_link_close(s->link);
     while ((op = list_pop(&s->inflight)) || (op = list_pop(&s->waiting))) {
         if (op->delivery) { pn_delivery_set_context(op->delivery, NULL); op->delivery = NULL; }
+        wwait_remove(io, op);
         if (op_abandoned(io, op)) { op_release(io, op); continue; }
         if (op_may_retry(op)) {
             op->retry_at = fa_monotonic() + io->link_retry_delay;
@@ -1741,6 +1927,50 @@ static void settle_rec(fa_io *io, fa_rec *rec)
     fa_rec_free(rec);
 }
 
+/* The peer settled a confirmed send whose caller has gone on (fa_io.h). */
+static void confirmed_outcome(fa_io *io, fa_op *op, pn_delivery_t *d, int outcome)
+{
+    pn_disposition_t *remote = pn_delivery_remote(d);
+    int retryable = outcome == FA_RELEASED ||
+        (outcome == FA_MODIFIED && !pn_disposition_is_failed(remote) &&
+         !pn_disposition_is_undeliverable(remote));
+    pn_delivery_set_context(d, NULL);
+    op->delivery = NULL;
+    list_remove(op);
+    if (outcome == FA_ACCEPTED) {
+        pthread_mutex_lock(&io->lock);
+        io->st.settled++;
+        pthread_mutex_unlock(&io->lock);
+        op_release(io, op);
+        return;
+    }
+    if (retryable) {
+        /* It never reached a consumer: sending it again cannot duplicate it. */
+        double now = fa_monotonic(), pause = released_pause(io, op->attempts++);
+        if (now + pause < op->deadline && op_may_retry(op)) {
+            pthread_mutex_lock(&io->lock);
+            io->st.resent_released++;
+            pthread_mutex_unlock(&io->lock);
+            op->retry_at = now + pause;
+            list_push(&io->retry, op);
+            return;
+        }
+        op_fail(io, op, FA_ERR_SEND_FAILURE, "the peer %s it until its deadline or its "
+                "retries were spent", outcome == FA_RELEASED ? "released" : "modified");
+        return;
+    }
+    pn_condition_t *cond = pn_disposition_condition(remote);
+    pthread_mutex_lock(&io->lock);
+    io->st.rejected++;
+    pthread_mutex_unlock(&io->lock);
+    log_event(io, FA_LOG_ERROR, "the peer %s a message to %s (send #%llu): %s: %s",
+              outcome == FA_REJECTED ? "rejected" : "refused (modified, undeliverable)",
+              op->address, (unsigned long long)op->id,
+              cond && pn_condition_is_set(cond) ? pn_condition_get_name(cond) : "no condition",
+              cond && pn_condition_get_description(cond) ? pn_condition_get_description(cond) : "");
+    op_release(io, op);
+}
+
 static void on_outcome(fa_io *io, pn_delivery_t *d)
 {
     fa_op *op = pn_delivery_get_context(d);
@@ -1753,9 +1983,12 @@ static void on_outcome(fa_io *io, pn_delivery_t *d)
     case PN_REJECTED: outcome = FA_REJECTED; break;
     default: return;                  /* not terminal yet */
     }
-    if (op) {
+    if (op && op->confirm && op->early) {
+        confirmed_outcome(io, op, d, outcome);
+    } else if (op) {
         pn_disposition_t *remote = pn_delivery_remote(d);
         pn_condition_t *cond = pn_disposition_condition(remote);
+        wwait_remove(io, op);
         pthread_mutex_lock(&io->lock);
         if (op->res.state == FA_PENDING) {
             op->res.state = FA_DONE;
@@ -1785,6 +2018,7 @@ static void on_remote_open(fa_io *io, pn_connection_t *c)
 {
     if (pn_connection_state(c) & PN_REMOTE_CLOSED) return;   /* Open + Close(error) */
     io->opened = 1;
+    io->opened_at = fa_monotonic();
     io->delay = io->retry_interval;
     drop_timers(io, T_CONNECT_TIMEOUT);
     if (io->trace && io->hosts[io->cur_host].password)
@@ -1855,6 +2089,15 @@ static void activate(fa_io *io, uint64_t generation, const char *reply_address)
     status_changed_locked(io);
     post_locked(io, new_event(FA_EV_ACTIVE, io->generation));
     pthread_mutex_unlock(&io->lock);
+    if (io->lost_inflight)
+        log_event(io, FA_LOG_INFO, "sending again %ld message(s) that were not settled "
+                  "when the last connection was lost (at least once: the peer may have "
+                  "had them)", io->lost_inflight);
+    pthread_mutex_lock(&io->lock);
+    io->st.resent_after_loss += io->lost_inflight;
+    io->st.possibly_duplicated += io->lost_inflight;
+    pthread_mutex_unlock(&io->lock);
+    io->lost_inflight = 0;
     oplist again = io->resubmit;
     memset(&io->resubmit, 0, sizeof io->resubmit);
     for (op = again.head; op; op = op->next) op->list = &again;
@@ -1870,6 +2113,7 @@ static void on_link_remote_open(fa_io *io, pn_link_t *l)
         /* A peer refusing the link answers with no target, then detaches it. */
         if (!pn_terminus_get_address(pn_link_remote_target(l))) return;
         s->active = 1;
+        s->active_since = fa_monotonic();
         drain_waiting(io, s);
     } else if ((rlink *)ctx == io->reply_link) {
         const char *address = pn_terminus_get_address(pn_link_remote_source(l));
@@ -1950,6 +2194,8 @@ static void handle(fa_io *io, pn_event_t *e)
 
 /* ---- the loop ----------------------------------------------------------------------- */
 
+static void begin_close(fa_io *io);
+
 static void run_commands(fa_io *io)
 {
     pthread_mutex_lock(&io->lock);
@@ -1999,6 +2245,7 @@ static void run_commands(fa_io *io)
             /* After the sends queued with it: a cast that completed early (cview)
              * and was followed by close() must still go out. */
             close = 1;
+            io->drain = c->value;
             if (c->generation) io->quit = 1;   /* fa_io_abort */
             break;
         }
@@ -2016,17 +2263,46 @@ static void run_commands(fa_io *io)
         settle_rec(io, recs);
         recs = next;
     }
-    if (close && !io->closing) {
-        fa_sub *sub;
-        io->closing = 1;
-        for (sub = io->subs; sub; sub = sub->io_next) fa_sub_stop(io, sub);
-        if (io->have_driver && io->opened) {
-            pn_connection_close(io->driver.connection);
-            add_timer(io, CLOSE_GRACE, T_CLOSE_GRACE, NULL, NULL);
+    if (close && !io->closing && !io->draining) {
+        if (io->drain > 0 && !io->quit) {
+            /* Confirmed sends the callers think are gone: give the peer time to
+             * settle them (drain_or_close). */
+            io->draining = 1;
+            io->drain_until = fa_monotonic() + io->drain;
         } else {
-            io->quit = 1;
+            begin_close(io);
         }
     }
+}
+
+static void begin_close(fa_io *io)
+{
+    fa_sub *sub;
+    io->closing = 1;
+    for (sub = io->subs; sub; sub = sub->io_next) fa_sub_stop(io, sub);
+    if (io->have_driver && io->opened) {
+        pn_connection_close(io->driver.connection);
+        add_timer(io, CLOSE_GRACE, T_CLOSE_GRACE, NULL, NULL);
+    } else {
+        io->quit = 1;
+    }
+}
+
+/* While closing with a drain time: close once nothing is held, or at the limit,
+ * saying what was given up. */
+static void drain_or_close(fa_io *io, double now)
+{
+    long held;
+    if (!io->draining) return;
+    pthread_mutex_lock(&io->lock);
+    held = io->held;
+    pthread_mutex_unlock(&io->lock);
+    if (held && now < io->drain_until) return;
+    io->draining = 0;
+    if (held)
+        log_event(io, FA_LOG_WARNING, "closing with %ld confirmed message(s) the peer "
+                  "has not settled after %.1f s: given up", held, io->drain);
+    begin_close(io);
 }
 
 static void process_events(fa_io *io)
@@ -2122,12 +2398,32 @@ static void expire(fa_io *io, double now)
     size_t i;
     fa_op *op;
     purge_senders(io, now);
-    while (io->heap_len && io->heap[0]->deadline <= now) {
+    while (io->heap_len && io->heap[0]->expiry <= now) {
         op = io->heap[0];
         heap_remove(io, op);
         sender *s = io->activated ? map_get(&io->senders, op->address) : NULL;
+        if (op->expiry < op->deadline) {
+            /* A fanout's credit check (submit): no credit ever, nobody receives it. */
+            if (s && op->list == &s->waiting && !s->credit_seen) {
+                drop_fanout(io, op);
+            } else {
+                op->expiry = op->deadline;
+                heap_add(io, op);
+            }
+            continue;
+        }
+        if (op->confirm && op->early) {
+            /* Taken: on the wire, its outcome decides (a connection loss brings it
+             * back); anywhere else (no credit, no connection, a pause after a release)
+             * it has had its time. */
+            if (!op->delivery)
+                op_fail(io, op, FA_ERR_TIMEOUT, "not settled by its deadline");
+            continue;
+        }
         int starved = !s || !(s->credit_seen || pn_link_credit(s->link) > 0);
-        if (starved)
+        if (op->in_wwait)
+            op_finish(io, op, FA_FAILED, 0, FA_ERR_WINDOW, NULL);
+        else if (starved)
             op_finish(io, op, FA_FAILED, 0, FA_ERR_NO_CREDIT, NULL);
         else
             op_finish(io, op, FA_FAILED, 0, FA_ERR_TIMEOUT, NULL);
@@ -2178,7 +2474,8 @@ static int poll_timeout_ms(fa_io *io, double now)
 {
     double until = now + 1.0;
     size_t i;
-    if (io->heap_len && io->heap[0]->deadline < until) until = io->heap[0]->deadline;
+    if (io->heap_len && io->heap[0]->expiry < until) until = io->heap[0]->expiry;
+    if (io->draining && io->drain_until < until) until = io->drain_until;
     for (i = 0; i < io->ntimers; i++)
         if (io->timers[i].when < until) until = io->timers[i].when;
     if (io->retry.head) {
@@ -2313,6 +2610,7 @@ static void *io_main(void *arg)
             connection_lost(io, io->opened ? "connection closed" : "connection failed");
         }
         expire(io, fa_monotonic());
+        drain_or_close(io, fa_monotonic());
         if (io->closing && !io->have_driver) io->quit = 1;
     }
     finish(io);

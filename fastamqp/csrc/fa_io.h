@@ -49,6 +49,7 @@ typedef struct {
     int tls;
     const char *ca_file, *cert_file, *key_file, *key_password;
     int green;                         /* post FA_EV_WAKE for every change */
+    int window;                        /* confirmed sends held per connection (>= 1) */
     const fa_host *hosts;
     int nhosts;
 } fa_config;
@@ -58,7 +59,48 @@ enum { FA_PENDING = 0, FA_DONE = 1, FA_FAILED = 2 };
 enum { FA_ACCEPTED = 1, FA_RELEASED = 2, FA_MODIFIED = 3, FA_REJECTED = 4 };
 /* Why an op or call failed: the Python layer maps these onto exceptions. */
 enum { FA_ERR_NONE = 0, FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT, FA_ERR_SEND_FAILURE,
-       FA_ERR_CLOSED, FA_ERR_LOST };
+       FA_ERR_CLOSED, FA_ERR_LOST, FA_ERR_WINDOW };
+
+/* How a send is made (fa_op_new flags).
+ *
+ * FA_SEND_CONFIRM: an unsettled send whose caller does not wait for the outcome. The
+ * caller is released once the message is taken: on the wire (or on a link with
+ * credit for it) and counted in the connection's window. From then on the I/O thread
+ * owns it until the peer settles it: accepted, it is forgotten; released or plainly
+ * modified, it goes again after a short, growing pause while its deadline allows;
+ * rejected (or modified undeliverable-here), it is logged and counted; in doubt at a
+ * connection loss, it goes again on the next connection before newer sends. While
+ * the window is full the send behaves as a plain unsettled one: the caller waits for
+ * its outcome, or for room, whichever comes first.
+ *
+ * FA_SEND_FANOUT: the address is a multicast one. A router gives a multicast link no
+ * credit while nobody subscribes; a fanout nobody listens to is not an error (the
+ * original driver and the rabbit driver drop it), so a fanout waiting for credit on a
+ * link that has never had any is dropped and counted after FA_FANOUT_CREDIT_WAIT. */
+enum { FA_SEND_CONFIRM = 1, FA_SEND_FANOUT = 2 };
+
+/* Policies shared with the pure-Python engine (fastamqp/policy.py; a test checks
+ * that the two agree). A released message never reached a consumer, so it goes again
+ * after FIRST, then twice the last pause, at most MAX (and at most link_retry_delay
+ * when that is longer than FIRST), for as long as its deadline allows. */
+#define FA_RELEASED_PAUSE_FIRST 0.05
+#define FA_RELEASED_PAUSE_MAX 1.0
+#define FA_FANOUT_CREDIT_WAIT 1.0
+
+/* What the connection did with confirmed and fanout sends since it was made. */
+typedef struct {
+    long held;                 /* taken, not yet settled (the window in use) */
+    long window;
+    long waiting_for_room;     /* on the wire, their callers waiting for room */
+    long settled;              /* confirmed sends the peer accepted */
+    long resent_released;      /* sent again after released / modified */
+    long resent_after_loss;    /* sent again on a new connection */
+    long possibly_duplicated;  /* of those, on the wire when the connection was lost */
+    long rejected;             /* rejected or modified undeliverable-here: logged */
+    long given_up;             /* released until their deadline, retries spent, or
+                                * left at close: logged */
+    long fanout_dropped;       /* fanout with no receiver (no credit ever) */
+} fa_stats;
 
 typedef struct {
     int state;                 /* FA_PENDING / FA_DONE / FA_FAILED */
@@ -70,7 +112,9 @@ typedef struct {
 
 /* Control-plane events for the Python dispatcher. */
 enum { FA_EV_OPENED = 1, FA_EV_ACTIVE, FA_EV_REPLY_READY, FA_EV_LOST,
-       FA_EV_CONFIG_FAILED, FA_EV_STOPPED, FA_EV_WAKE };
+       FA_EV_CONFIG_FAILED, FA_EV_STOPPED, FA_EV_WAKE, FA_EV_LOG };
+/* FA_EV_LOG levels: Python's logging levels, so the dispatcher passes them through. */
+enum { FA_LOG_DEBUG = 10, FA_LOG_INFO = 20, FA_LOG_WARNING = 30, FA_LOG_ERROR = 40 };
 
 typedef struct fa_event {
     int kind;
@@ -79,6 +123,7 @@ typedef struct fa_event {
     uint64_t wake_id;          /* FA_EV_WAKE: which object changed */
     int remote_closed;         /* FA_EV_LOST: the peer sent Close */
     int sasl_outcome;          /* pn_sasl_outcome_t, or -1 */
+    int level;                 /* FA_EV_LOG: FA_LOG_* */
     char *text;                /* reason, or the peer's container id (OPENED) */
     char *cond_name, *cond_desc;
     char *mech;                /* the SASL mechanism used (OPENED, LOST) */
@@ -100,7 +145,10 @@ int fa_io_event_fd(fa_io *io);                 /* read end of the dispatcher pip
 fa_event *fa_io_take_events(fa_io *io);        /* detach the pending list */
 void fa_event_free(fa_event *ev);
 void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address);
-void fa_io_close(fa_io *io);                   /* begin an orderly close */
+/* Begin an orderly close: first wait up to drain seconds for the confirmed sends
+ * the connection holds to be settled (the rest is logged), then close. */
+void fa_io_close(fa_io *io, double drain);
+void fa_io_stats(fa_io *io, fa_stats *out);
 void fa_io_abort(fa_io *io);                   /* close now, not waiting for the peer */
 int fa_io_join(fa_io *io, double timeout);     /* 0 when the thread has ended */
 void fa_io_free(fa_io *io);                    /* after join */
@@ -112,7 +160,8 @@ double fa_monotonic(void);
 
 /* sends */
 fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
-                 int presettled, double deadline, int retry, int in_doubt_resend);
+                 int presettled, double deadline, int retry, int in_doubt_resend,
+                 int flags);                      /* FA_SEND_* */
 void fa_io_send(fa_io *io, fa_op *op);
 uint64_t fa_op_id(fa_op *op);
 uint64_t fa_op_result(fa_io *io, fa_op *op, fa_result *out);   /* returns seq */
