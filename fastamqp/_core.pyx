@@ -98,6 +98,16 @@ cdef object _json_value(const char *start, size_t size):
     return _loads_json_stdlib(text)
 
 
+def json_dumps(data):
+    """The body text this engine writes for ``data`` (tests and benchmarks)."""
+    return _json_body(data)
+
+
+def json_loads(bytes text):
+    """The value this engine reads from a JSON body (tests and benchmarks)."""
+    return _json_value(PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+
+
 cdef bint _has_nonfinite_float(object value) except -1:
     """serializers.has_nonfinite_float in C: the Python walk costs about 4 µs on a 1 KiB
     body with nulls, more than orjson saves (tests/test_json.py holds the two walks to

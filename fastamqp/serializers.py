@@ -141,7 +141,9 @@ def dumps_json(data):
         except ORJSON_ERROR:
             pass  # integers beyond 64 bits, non-str keys, what needs to_primitive, ...
         else:
-            if b"null" not in text or not has_nonfinite_float(data):
+            # "l" first: a one-byte search is a memchr, a four-byte one a slow loop
+            # (0.7 µs on a 1 KiB body), and many bodies have no "l" at all.
+            if b"l" not in text or b"null" not in text or not has_nonfinite_float(data):
                 return text
     return dumps_json_stdlib(data)
 
