@@ -16,6 +16,8 @@ is not 0.0, 1 is not 1.0 and key order counts.
 
 Environment:
   FASTAMQP_JSON_FUZZ_INPUTS=N   inputs for the bounded fuzz test (default 150000)
+  FASTAMQP_JSON=stdlib          the stdlib both ways (the same contract holds; the tests
+                                of what only the libraries do are skipped)
 """
 import collections
 import dataclasses
@@ -38,6 +40,10 @@ from hypothesis import strategies as st
 
 from fastamqp import engine, serializers
 from fastamqp.exceptions import CodecError
+
+
+STDLIB_FORCED = os.environ.get("FASTAMQP_JSON", "").strip().lower() == "stdlib"
+libraries_only = pytest.mark.skipif(STDLIB_FORCED, reason="FASTAMQP_JSON=stdlib")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -154,11 +160,10 @@ json_values = st.recursive(
 
 # --- the libraries ---------------------------------------------------------------------
 
+@libraries_only
 def test_libraries_are_in_use():
     """orjson and msgspec are dependencies: a broken install must not fall back to the
     stdlib unnoticed (FASTAMQP_JSON=stdlib chooses the stdlib on purpose)."""
-    if os.environ.get("FASTAMQP_JSON", "").strip().lower() == "stdlib":
-        pytest.skip("FASTAMQP_JSON=stdlib")
     import msgspec
     import orjson
     assert serializers.ORJSON_DUMPS is orjson.dumps
@@ -202,6 +207,7 @@ def test_nan_next_to_none_keeps_both(codec):
     assert "NaN" in text and "Infinity" in text and "null" in text
 
 
+@libraries_only
 def test_plain_bodies_are_compact_utf8(codec):
     """orjson's text: no spaces, non-ASCII as UTF-8 (json.dumps escaped it)."""
     text = wire_text(codec, {"a": [1, "é€😀", None]})
@@ -287,6 +293,7 @@ def test_what_needs_to_primitive_is_jsonutils(codec):
         check_encodes(codec, value)   # key order included: same() compares it
 
 
+@libraries_only
 def test_plain_enum_travels_as_its_value(codec):
     """The one place the value differs from jsonutils': orjson writes an Enum member as
     its value and never asks to_primitive, which sent the member's __dict__."""
