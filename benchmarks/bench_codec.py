@@ -4,9 +4,11 @@ original driver's path (proton.Message + json), side by side in one run.
     .venv/bin/pytest benchmarks/bench_codec.py --benchmark-group-by=func \\
         --benchmark-columns=min,median,rounds
 
-Each benchmark is parametrized over ``c``, ``python`` and ``original``; read the ratio
-column of one group (and compare minima: the machines are shared and noisy). Target
-(issue 2): the C codec at least 10x faster than the original path for a 1 KiB request.
+Each benchmark is parametrized over ``c``, ``python``, ``python-stdlib-json`` (the pure
+codec with fastamqp.serializers' stdlib fallback forced, as where orjson and msgspec
+are not installed) and ``original``; read the ratio column of one group (and compare
+minima: the machines are shared and noisy). Target (issue 2): the C codec at least 10x
+faster than the original path for a 1 KiB request.
 """
 import json
 import types
@@ -14,7 +16,7 @@ import types
 import proton
 import pytest
 
-from fastamqp import engine
+from fastamqp import engine, serializers
 from fastamqp.selfcheck import (NOTIFY_ADDRESS, REPLY_ADDRESS, RPC_ADDRESS,
                                 original_decode, original_encode_request,
                                 sample_context, sample_request)
@@ -64,14 +66,21 @@ class OriginalPath:
                                      reply_to=reply_to, correlation_id=correlation_id)
 
 
+STDLIB_JSON = "stdlib-json"
 PATHS = [pytest.param(engine.py_codec, id="python"),
+         pytest.param((engine.py_codec, STDLIB_JSON), id="python-stdlib-json"),
          pytest.param(OriginalPath, id="original")]
 if engine.c_codec is not None:
     PATHS.insert(0, pytest.param(engine.c_codec, id="c"))
 
 
 @pytest.fixture(params=PATHS)
-def path(request):
+def path(request, monkeypatch):
+    if isinstance(request.param, tuple):
+        # The pure codec looks these up on every call (the C codec once, at import).
+        monkeypatch.setattr(serializers, "ORJSON_DUMPS", None)
+        monkeypatch.setattr(serializers, "MSGSPEC_LOADS", None)
+        return request.param[0]
     return request.param
 
 

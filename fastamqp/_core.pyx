@@ -2,20 +2,21 @@
 """fastamqp's C fast path: the message codec, straight on Proton C.
 
 Twin of ``fastamqp._pure.codec`` (same functions, same bytes, same results, same
-exceptions); the pure module is the reference. JSON goes through ``_jsoncodec``, which
-writes exactly the stdlib's text, so the bodies cannot differ; msgpack uses the same
-``fastamqp.serializers`` functions as the twin. What this module saves is
-python-qpid-proton's per-field Python/cffi layer around pn_message_t and most of the
-stdlib json cost.
+exceptions); the pure module is the reference. Bodies go through the JSON libraries and
+fallbacks that ``fastamqp.serializers`` chose (orjson writes, msgspec reads, the stdlib
+takes what they do not): reading calls serializers.loads_json, writing calls orjson
+from here with serializers' rule for NaN checked in C (see _json_body); msgpack
+uses the same ``fastamqp.serializers`` functions as the twin. What this module saves is
+python-qpid-proton's per-field Python/cffi layer around pn_message_t.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
 from libc.string cimport strlen
+from libc.math cimport isfinite
 from libc.stdint cimport uint64_t, int64_t
 
 cimport fastamqp._proton as pn
-from fastamqp._jsoncodec cimport dumps as json_dumps, loads as json_loads
 
 import time as _time
 import uuid as _uuid
@@ -28,10 +29,11 @@ IMPLEMENTATION = "c"
 
 cdef object _JSON = _ser.JSON
 cdef object _MSGPACK = _ser.MSGPACK
-cdef object _to_primitive = _ser.to_primitive
-cdef object _JSON_ENCODE_ERRORS = _ser.JSON_ENCODE_ERRORS
-cdef object _json_encode_error = _ser.json_encode_error
-cdef object _loads_json_py = _ser.loads_json
+cdef object _orjson_dumps = _ser.ORJSON_DUMPS
+cdef object _ORJSON_ERROR = _ser.ORJSON_ERROR
+cdef object _ORJSON_OPTIONS = _ser.ORJSON_OPTIONS
+cdef object _dumps_json_stdlib = _ser.dumps_json_stdlib
+cdef object _loads_json = _ser.loads_json
 cdef object _dumps_msgpack = _ser.dumps_msgpack
 cdef object _loads_msgpack = _ser.loads_msgpack
 cdef object _MSGPACK_TYPES = _ser.MSGPACK_CONTENT_TYPES
@@ -46,21 +48,76 @@ cdef object _app_property_key_error = _message.application_property_key_error
 cdef object _UUID = _uuid.UUID
 cdef object _uuid4 = _uuid.uuid4
 cdef object _wall_time = _time.time
+
+
+cdef extern from "<string.h>" nogil:
+    const void *memchr(const void *s, int c, size_t n)
+
+
+cdef bint _has_null(const char *text, size_t size) noexcept nogil:
+    """Whether ``null`` occurs in text, found by memchr for its rarest letter in oslo
+    bodies, 'l': memchr is vectorised, glibc's memmem for a 4-byte needle is not (about
+    0.3 µs per 1 KiB body, as much as orjson takes to write it)."""
+    cdef const char *end = text + size
+    cdef const char *at = text
+    while at < end:
+        at = <const char *>memchr(at, c'l', <size_t>(end - at))
+        if at == NULL:
+            return False
+        if at - text >= 2 and at + 1 < end and at[-2] == c'n' and at[-1] == c'u' \
+                and at[1] == c'l':
+            return True
+        at += 1
+    return False
+
+
 cdef bytes _json_body(object data):
-    try:
-        return json_dumps(data, _to_primitive)
-    except _JSON_ENCODE_ERRORS as exc:
-        raise _json_encode_error(exc) from None
+    """serializers.dumps_json, with its NaN check in C: the same bytes, faster."""
+    cdef bytes text
+    if _orjson_dumps is not None:
+        try:
+            text = _orjson_dumps(data, None, _ORJSON_OPTIONS)
+        except _ORJSON_ERROR:
+            pass
+        else:
+            if not _has_null(PyBytes_AS_STRING(text), <size_t>PyBytes_GET_SIZE(text)) \
+                    or not _has_nonfinite_float(data):
+                return text
+    return _dumps_json_stdlib(data)
 
 
-def _loads_json(text):
-    """JSON text (str) to a value, for the envelope's inner message."""
-    cdef bytes raw
-    try:
-        raw = (<str>text).encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: only the stdlib path accepts them
-        return _loads_json_py(text)
-    return json_loads(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+cdef inline object _json_value(const char *start, size_t size):
+    # serializers.loads_json itself: inlining its msgspec call here would save one
+    # Python frame (about 0.1 µs), not worth a second copy of its fallback rule.
+    return _loads_json(PyBytes_FromStringAndSize(start, size))
+
+
+def json_dumps(data):
+    """The body text this engine writes for ``data`` (tests and benchmarks)."""
+    return _json_body(data)
+
+
+def json_loads(bytes text):
+    """The value this engine reads from a JSON body (tests and benchmarks)."""
+    return _json_value(PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+
+
+cdef bint _has_nonfinite_float(object value) except -1:
+    """serializers.has_nonfinite_float in C: the Python walk costs about 4 µs on a 1 KiB
+    body with nulls, more than orjson saves (tests/test_json.py holds the two walks to
+    one contract through the codecs)."""
+    cdef type kind = type(value)
+    if kind is float:
+        return not isfinite(<double>value)
+    if kind is dict:
+        for item in (<dict>value).values():
+            if _has_nonfinite_float(item):
+                return True
+    elif kind is list or kind is tuple:
+        for item in value:
+            if _has_nonfinite_float(item):
+                return True
+    return False
 
 
 cdef Py_ssize_t _DEFAULT_MAX = _message.DEFAULT_MAX_MESSAGE_SIZE
@@ -272,7 +329,7 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
     if call_monitor_timeout is not None:
         _check_finite("call_monitor_timeout", call_monitor_timeout)
     if envelope:
-        request = _envelope(_json_body(request).decode("ascii"))
+        request = _envelope(_json_body(request).decode("utf-8"))
     data = {"request": request, "context": context}
     if call_monitor_timeout is not None:
         data["call_monitor_timeout"] = call_monitor_timeout
@@ -464,7 +521,7 @@ cdef object _decode(pn.pn_message_t *msg, const unsigned char[::1] view, Py_ssiz
                 raise CodecError("msgpack content-type on a string (amqp-value) body")
             raw = pn.pn_data_get_string(section)
             serializer = _JSON
-            body = json_loads(raw.start, raw.size)
+            body = _json_value(raw.start, raw.size)
         elif kind == pn.PN_BINARY:
             raw = pn.pn_data_get_binary(section)
             if content_type in _MSGPACK_TYPES:
@@ -472,7 +529,7 @@ cdef object _decode(pn.pn_message_t *msg, const unsigned char[::1] view, Py_ssiz
                 body = _loads_msgpack(PyBytes_FromStringAndSize(raw.start, raw.size))
             elif content_type is None or content_type in _JSON_TYPES:
                 serializer = _JSON
-                body = json_loads(raw.start, raw.size)
+                body = _json_value(raw.start, raw.size)
             else:
                 raise CodecError(f"unsupported content-type {content_type!r} "
                                  f"for a binary body")

@@ -2,7 +2,8 @@
 
 It builds messages exactly as the original driver did (``proton.Message(inferred=True)``
 with a JSON string body, REFERENCE §3.8), with one deliberate difference: the
-absolute-expiry-time is wall-clock time (REFERENCE §3.9 #1).
+absolute-expiry-time is wall-clock time (REFERENCE §3.9 #1). The JSON text comes from
+``fastamqp.serializers``: the values jsonutils.dumps wrote, not always its spacing.
 """
 import time
 import uuid
@@ -21,7 +22,8 @@ def _new_message(address, serializer, data):
     msg = proton.Message(inferred=True)
     msg.address = address
     if serializer == _ser.JSON:
-        msg.body = _ser.dumps_json(data)
+        # A str body is what makes Proton write an amqp-value string (REFERENCE §3.8).
+        msg.body = _ser.dumps_json(data).decode("utf-8")
     else:
         msg.content_type = _ser.MSGPACK_CONTENT_TYPE
         msg.body = _ser.dumps_msgpack(data)  # bytes + inferred: a data section
@@ -117,7 +119,7 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
     _ser.check_serializer(serializer)
     _check_address("address", address)
     if envelope:
-        request = _message.envelope(_ser.dumps_json(request))
+        request = _message.envelope(_ser.dumps_json(request).decode("utf-8"))
     data = {"request": request, "context": context}
     if call_monitor_timeout is not None:
         data["call_monitor_timeout"] = call_monitor_timeout
