@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fastamqp import exceptions, policy
-from fastamqp.engine import py_codec as codec
+from fastamqp.engine import c_connection, py_codec as codec
 from fastamqp.intermediary import Intermediary
 from fastamqp.interface import Outcome
 from test_connection import TIMEOUT, Opened, deadline, engine, request  # noqa: F401
@@ -283,3 +283,20 @@ def test_reconnection_after_a_loss_is_immediate(connect):
         # The first attempt (at once) met a closed port; the next is retry_interval
         # after it, i.e. about 0.7 s after the restart, not the 2 s of a back-off.
         assert time.monotonic() - restarted < 1.5
+
+
+@pytest.mark.skipif(c_connection is None, reason="the C engine is not built here")
+def test_the_engines_share_their_policies():
+    # fa_io.h and fastamqp.policy each state the I/O-thread policies; they must agree.
+    from fastamqp import _io
+    assert _io.POLICY == {"RELEASED_PAUSE_FIRST": policy.RELEASED_PAUSE_FIRST,
+                          "RELEASED_PAUSE_MAX": policy.RELEASED_PAUSE_MAX,
+                          "FANOUT_CREDIT_WAIT": policy.FANOUT_CREDIT_WAIT}
+
+
+def test_released_pauses_grow_and_stay_short():
+    pauses = [policy.released_pause(n, 10) for n in range(8)]
+    assert pauses[0] == policy.RELEASED_PAUSE_FIRST
+    assert all(b >= a for a, b in zip(pauses, pauses[1:]))
+    assert max(pauses) == policy.RELEASED_PAUSE_MAX
+    assert policy.released_pause(5, 0.2) == 0.2      # never past link_retry_delay
