@@ -85,6 +85,7 @@ cdef extern from "fa_io.h" nogil:
         FA_ERR_CLOSED, FA_ERR_LOST, FA_ERR_WINDOW
         FA_SEND_CONFIRM, FA_SEND_FANOUT
     double FA_RELEASED_PAUSE_FIRST, FA_RELEASED_PAUSE_MAX, FA_FANOUT_CREDIT_WAIT
+    double FA_RECONNECT_STEADY
     ctypedef struct fa_stats:
         long held, window, waiting_for_room, settled, resent_released
         long resent_after_loss, possibly_duplicated, rejected, given_up, fanout_dropped
@@ -155,7 +156,8 @@ SEND_CONFIRM, SEND_FANOUT = FA_SEND_CONFIRM, FA_SEND_FANOUT
 # The I/O thread's policies (fa_io.h), for the test that checks fastamqp.policy.
 POLICY = {"RELEASED_PAUSE_FIRST": FA_RELEASED_PAUSE_FIRST,
           "RELEASED_PAUSE_MAX": FA_RELEASED_PAUSE_MAX,
-          "FANOUT_CREDIT_WAIT": FA_FANOUT_CREDIT_WAIT}
+          "FANOUT_CREDIT_WAIT": FA_FANOUT_CREDIT_WAIT,
+          "RECONNECT_STEADY": FA_RECONNECT_STEADY}
 
 
 def live_objects():

@@ -23,6 +23,14 @@ RELEASED_PAUSE_MAX = 1.0
 # counted once the link has had this long to get credit.
 FANOUT_CREDIT_WAIT = 1.0
 
+# After losing a connection that had been up, the engine tries again at once, then
+# every connection_retry_interval for this many seconds, and only then backs off as
+# configured (multiplying by connection_retry_backoff up to
+# connection_retry_interval_max). A router that restarts is found within
+# retry_interval of its return, not a back-off step later; a peer that stays away
+# is not hammered.
+RECONNECT_STEADY = 10.0
+
 # How many confirmed casts and notifications a connection holds until the peer
 # settles them, unless [oslo_messaging_amqp] send_window says otherwise.
 DEFAULT_SEND_WINDOW = 1000

@@ -550,6 +550,7 @@ class Connection(ControlPlane):
              "possibly_duplicated", "rejected", "given_up", "fanout_dropped"), 0)
         self._lost_inflight = 0      # in doubt at the last loss, resent on activation
         self._opened_at = None
+        self._lost_at = -1e9         # never connected: back off from the start
         self._drain_until = None
         self._resubmit = []          # in-doubt sends waiting for the next connection
         self._written = []           # pre-settled sends written since the last flush
@@ -824,11 +825,14 @@ class Connection(ControlPlane):
         if self._closing:
             return
         delay = self._delay
-        # Multiplied, as the original driver did (its help text said "added"); after
-        # the immediate attempt, from retry_interval.
-        self._delay = min(self._delay * self._settings.retry_backoff if delay > 0
-                          else self._settings.retry_interval,
-                          self._settings.retry_interval_max)
+        # After the immediate attempt: every retry_interval while the outage is young
+        # (policy.RECONNECT_STEADY), then multiplied, as the original driver did (its
+        # help text said "added"), up to retry_interval_max.
+        if delay <= 0:
+            self._delay = self._settings.retry_interval
+        elif time.monotonic() - self._lost_at >= policy.RECONNECT_STEADY:
+            self._delay = delay * self._settings.retry_backoff
+        self._delay = min(self._delay, self._settings.retry_interval_max)
         self._later(max(delay, 0.01), self._connect)
 
     def _teardown_socket(self):
@@ -856,6 +860,7 @@ class Connection(ControlPlane):
         if (self._opened_at is not None
                 and time.monotonic() - self._opened_at >= self._settings.retry_interval):
             self._delay = 0
+            self._lost_at = time.monotonic()
         self._opened_at = None
         self._active.clear()
         self._reply_ready.clear()

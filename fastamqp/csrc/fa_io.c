@@ -382,7 +382,7 @@ struct fa_io {
     size_t heap_len, heap_cap;
     fa_op *wwait_head, *wwait_tail;   /* confirmed sends waiting for room, in order */
     long lost_inflight;               /* in doubt at the last loss, resent on activation */
-    double opened_at, drain, drain_until;
+    double opened_at, lost_at, drain, drain_until;
     int draining;
     fa_sub *subs;
     timer *timers;
@@ -1107,6 +1107,7 @@ fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
     map_init(&io->cviews);
     io->sock = -1;
     io->delay = io->retry_interval;
+    io->lost_at = -1e9;               /* never connected: back off from the start */
     io->window = cfg->window > 0 ? cfg->window : 1;
     io->cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (io->cmd_fd < 0 || pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
@@ -1274,9 +1275,14 @@ static void schedule_reconnect(fa_io *io)
 {
     if (io->closing) return;
     double delay = io->delay > 0.01 ? io->delay : 0.01;
-    /* Multiplied, as the original driver did (its help text said "added"); after the
-     * immediate attempt, from retry_interval. */
-    io->delay = io->delay > 0 ? io->delay * io->retry_backoff : io->retry_interval;
+    /* After the immediate attempt: every retry_interval while the outage is young
+     * (FA_RECONNECT_STEADY: a restarting peer is found within retry_interval of its
+     * return), then multiplied, as the original driver did (its help text said
+     * "added"), up to retry_interval_max. */
+    if (io->delay <= 0)
+        io->delay = io->retry_interval;
+    else if (fa_monotonic() - io->lost_at >= FA_RECONNECT_STEADY)
+        io->delay = io->delay * io->retry_backoff;
     if (io->delay > io->retry_max) io->delay = io->retry_max;
     drop_timers(io, T_RECONNECT);
     add_timer(io, delay, T_RECONNECT, NULL, NULL);
@@ -1523,8 +1529,10 @@ static void connection_lost(fa_io *io, const char *fmt, ...)
     /* A connection that had been up a while is tried again at once: a peer that
      * restarts quickly is found on the first attempt, not a back-off later. One that
      * failed soon after it opened keeps the back-off (no reconnection storm). */
-    if (io->opened && fa_monotonic() - io->opened_at >= io->retry_interval)
+    if (io->opened && fa_monotonic() - io->opened_at >= io->retry_interval) {
         io->delay = 0;
+        io->lost_at = fa_monotonic();
+    }
     teardown(io);
     if (io->closing) { io->quit = 1; return; }
     schedule_reconnect(io);

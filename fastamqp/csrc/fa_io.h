@@ -86,6 +86,9 @@ enum { FA_SEND_CONFIRM = 1, FA_SEND_FANOUT = 2 };
 #define FA_RELEASED_PAUSE_FIRST 0.05
 #define FA_RELEASED_PAUSE_MAX 1.0
 #define FA_FANOUT_CREDIT_WAIT 1.0
+/* After losing an established connection: one attempt at once, then one every
+ * retry_interval for this long, then the configured back-off. */
+#define FA_RECONNECT_STEADY 10.0
 
 /* What the connection did with confirmed and fanout sends since it was made. */
 typedef struct {
