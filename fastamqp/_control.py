@@ -88,6 +88,53 @@ class ControlPlane:
             self._refusals.clear()
             self._fatal = None
 
+    def _open_then(self, index, peer, still_current, activate):
+        """The peer's Open has arrived: run ``ConnectionSettings.prepare(peer)`` (the
+        RabbitMQ declarations), then ``activate()`` (attach the links). prepare runs on
+        a thread of its own -- a blocking network call must never hold an engine's
+        I/O or event thread -- and is tried again, with the reconnection back-off,
+        while it fails and the connection lasts (``still_current()``). The connection
+        counts as up (past refusals forgotten) only once prepare succeeded."""
+        prepare = self._settings.prepare
+        if prepare is None:
+            self._opened()
+            activate()
+            return
+
+        def run():
+            delay = self._settings.retry_interval
+            while still_current():
+                try:
+                    prepare(peer)
+                except Exception as exc:
+                    self._prepare_failed(index, peer.host, exc)
+                    if self._stopped.wait(delay):
+                        return
+                    delay = min(delay * self._settings.retry_backoff,
+                                self._settings.retry_interval_max)
+                    continue
+                if still_current():
+                    self._opened()
+                    activate()
+                return
+        threading.Thread(target=run, daemon=True,
+                         name=f"fastamqp prepare {self._settings.container_id}").start()
+
+    def _prepare_failed(self, index, host, exc):
+        if not isinstance(exc, exceptions.ConnectionFailed):
+            LOG.exception("preparing the connection to %r failed", host)
+            exc = exceptions.ConnectionFailed(
+                f"preparing the connection to {host!r} failed: {exc}")
+        if getattr(exc, "refused", False):
+            # Refused (a permission, a queue with other arguments): it will not
+            # pass by itself; wait_active says why instead of timing out.
+            self._refused(index, exc)
+        else:
+            LOG.warning("%s", exc)
+            self._error = exc
+            with self._status:
+                self._status.notify_all()
+
     def _set_active(self):
         with self._status:
             self._active.set()
@@ -158,16 +205,7 @@ class ControlPlane:
         return self._settings.ssl_peer_name or host.hostname
 
     def _ca_file(self):
-        if self._settings.ssl_ca_file:
-            return self._settings.ssl_ca_file
-        paths = ssl.get_default_verify_paths()
-        for candidate in (paths.cafile, paths.capath, paths.openssl_cafile,
-                          paths.openssl_capath):
-            if candidate and os.path.exists(candidate):
-                return candidate
-        raise exceptions.ConfigurationError(
-            "ssl is on but no CA certificates were found to verify the server with: "
-            "set ssl_ca_file")
+        return ca_file(self._settings)
 
     def _tls_props(self, host):
         """TLS properties in pyngus' terms, built for THIS host on every connection."""
@@ -217,6 +255,21 @@ class ControlPlane:
 
 
 _TLS_MARKERS = ("SSL Failure", "certificate verify failed", "SSL routines", "TLS")
+
+
+def ca_file(settings):
+    """The CA certificates a TLS connection verifies the server with: ssl_ca_file,
+    else the system's."""
+    if settings.ssl_ca_file:
+        return settings.ssl_ca_file
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath, paths.openssl_cafile,
+                      paths.openssl_capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise exceptions.ConfigurationError(
+        "ssl is on but no CA certificates were found to verify the server with: "
+        "set ssl_ca_file")
 
 
 def is_tls_failure(text):

@@ -24,7 +24,7 @@ import pytest
 from oslo_config import cfg
 
 from engines import ENGINE_TESTS_DONE
-from fastamqp import addressing, engine, rabbitmq
+from fastamqp import addressing, engine, exceptions, rabbitmq
 from fastamqp.addressing import AddressingConfig, choose_addresser
 from fastamqp.interface import Host, PeerInfo
 from oslo_env import transport_factory
@@ -107,22 +107,71 @@ def test_v1_addresses_follow_the_routable_options_and_the_vhost():
         "/queue/my%2Fnotify%2Fany%2Fvh1%2Fnx%2Fn.info")
 
 
-def test_v2_addresses_for_rabbitmq_4_are_percent_encoded():
+def test_v2_addresses_for_rabbitmq_4_send_through_amq_direct():
+    # Every target is amq.direct (a missing queue would end the sender's session);
+    # every queue is bound there with its own name.
     a = choose_addresser(CONFIG, RABBIT4)
     assert a.resolve(T()) == (
-        "/queues/openstack.org%2Fom%2Frpc%2Fanycast%2Fopenstack%2Fcompute")
+        "/exchanges/amq.direct/openstack.org%2Fom%2Frpc%2Fanycast%2Fopenstack%2Fcompute")
     assert a.resolve(T(fanout=True)) == (
         "/exchanges/amq.direct/"
         "openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute")
     assert a.resolve(T(topic="a b+c?é", server="h#1")) == (
-        "/queues/openstack.org%2Fom%2Frpc%2Funicast%2Fopenstack%2F"
+        "/exchanges/amq.direct/openstack.org%2Fom%2Frpc%2Funicast%2Fopenstack%2F"
         "a%20b%2Bc%3F%C3%A9%2Fh%231")
-    # v2 sources must be queues: fanout arrives on a queue per server.
-    assert a.server_addresses(T(server="host1")) == [
-        a.resolve(T(server="host1")),
-        "/queues/openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute%2Fhost1",
-        a.resolve(T())]
+    assert a.resolve(T(topic="n.info"), addressing.SERVICE_NOTIFY) == (
+        "/exchanges/amq.direct/openstack.org%2Fom%2Fnotify%2Fanycast%2Fopenstack%2F"
+        "n.info")
     assert rabbitmq.v2_exchange("my ex", "k/1") == "/exchanges/my%20ex/k%2F1"
+
+
+def test_v2_server_queues_are_declared_and_bound():
+    a = choose_addresser(CONFIG, RABBIT4)
+    anycast = "openstack.org/om/rpc/anycast/openstack/compute"
+    unicast = "openstack.org/om/rpc/unicast/openstack/compute/host1"
+    multicast = "openstack.org/om/rpc/multicast/openstack/compute"
+    own, fanout, shared = a.server_queues(T(server="host1"), "tok")
+    assert own == rabbitmq.QueueSpec(unicast, bindings=(("amq.direct", unicast),))
+    assert fanout == rabbitmq.QueueSpec(f"{multicast}/host1.tok", transient=True,
+                                        bindings=(("amq.direct", multicast),))
+    assert shared == rabbitmq.QueueSpec(anycast, bindings=(("amq.direct", anycast),))
+    # v2 sources must be queues: fanout arrives on a queue per server and connection.
+    assert a.server_addresses(T(server="host1"), token="tok") == [
+        rabbitmq.v2_queue(q.name) for q in (own, fanout, shared)]
+    # Notifications: a shared queue per topic; pools: a queue per group.
+    [notify] = a.notification_queues([T(topic="n.info")])
+    assert notify.name == "openstack.org/om/notify/anycast/openstack/n.info"
+    assert notify.bindings == (("amq.direct", notify.name),)
+    assert a.notification_source(T(topic="n.info")) == rabbitmq.v2_queue(notify.name)
+    [group] = a.notification_queues([T(topic="n.info")], "billing", pools=True)
+    assert group.name == "openstack.org/om/notify/multicast/openstack/n.info#billing"
+    assert group.bindings == (
+        ("amq.direct", "openstack.org/om/notify/multicast/openstack/n.info"),)
+    # 3.x declares nothing for RPC (the plugin does), only pool groups (0-9-1).
+    v1 = choose_addresser(CONFIG, RABBIT3)
+    assert v1.server_queues(T(server="host1"), "tok") == []
+    assert v1.notification_queues([T(topic="n.info")]) == []
+    assert v1.notification_queues([T(topic="n.info")], None, pools=True)
+
+
+def test_queue_options_follow_the_rabbit_driver_options():
+    shared, transient = rabbitmq.QueueSpec("q"), rabbitmq.QueueSpec("r", transient=True)
+    classic = rabbitmq.QueueOptions()
+    assert classic.declaration(shared) == {
+        "durable": True, "exclusive": False, "auto_delete": False,
+        "arguments": {"x-queue-type": "classic"}}
+    quorum = rabbitmq.QueueOptions(quorum=True, transient_ttl=60)
+    assert quorum.declaration(shared)["arguments"] == {"x-queue-type": "quorum"}
+    assert quorum.declaration(transient) == {
+        "durable": True, "exclusive": False, "auto_delete": True,
+        "arguments": {"x-queue-type": "classic", "x-expires": 60000}}
+
+
+def test_queue_plan_names_a_connection_s_own_queues_per_peer():
+    plan = rabbitmq.QueuePlan(lambda addresser, token: [token])
+    first, second = peer(RABBIT4), peer(RABBIT4)
+    assert plan.specs(first, None) == plan.specs(first, None)     # stable per peer
+    assert plan.specs(second, None) != plan.specs(first, None)    # new per connection
 
 
 def test_reply_source():
@@ -134,7 +183,17 @@ def test_reply_source():
     assert rabbitmq.ReplySource(CONFIG)(peer(RABBIT3)) != address   # one per connection
     assert source(peer({"product": "qpid-dispatch-router"})) is None   # dynamic source
     assert source(peer({})) is None
-    assert source(peer(RABBIT4)) is None                # 4.1+: dynamic (temporary queue)
+    # 4.x: a declared queue, a new one per connection, replied to through amq.direct.
+    four = peer(RABBIT4)
+    reply = source(four)
+    [spec] = source.specs(four)
+    assert reply == rabbitmq.v2_queue(spec.name) and spec.transient
+    assert spec.name.startswith(source.queue) and spec.bindings == (
+        ("amq.direct", spec.name),)
+    assert source(four) == reply and source(peer(RABBIT4)) != reply
+    assert choose_addresser(CONFIG, RABBIT4).reply_to(reply) == (
+        "/exchanges/amq.direct/" + reply[len("/queues/"):])
+    assert source.specs(peer(RABBIT3)) == []
     forced = rabbitmq.ReplySource(AddressingConfig(mode="rabbitmq"))
     assert forced(peer({})).startswith("/queue/fastamqp-reply.")
     # Even with another explicit mode a RabbitMQ 3.x peer cannot give a dynamic source.
@@ -590,20 +649,46 @@ def test_a_pool_without_the_option_is_refused(rabbit_node, engine_impl, transpor
 
 def test_pool_declaration_failure_names_the_cause(rabbit_node, engine_impl, transports,
                                                   topic):
-    # The notifier's declaration goes over AMQP 0-9-1 with the URL's credentials;
-    # when it cannot, the send fails and says why.
+    # The declaration goes over AMQP 0-9-1 with the URL's credentials; when it
+    # cannot, the error names the queue and the cause.
     url = rabbit_node.url()
     transport = transports(url + "?notification_pools=true", notification=True)
     driver = transport._driver
     driver.connection().wait_active(TIMEOUT)
     peer = driver.connection().peer
     bad = dataclasses.replace(peer, host=dataclasses.replace(peer.host, port=1))
-    addresser = driver._addresser(peer)
-    with pytest.raises(oslo_messaging.MessageDeliveryFailure,
-                       match="AMQP 0-9-1 failed") as info:
-        driver._declare_groups(bad, addresser, [T(topic=f"{topic}.info")], None,
-                               notifier=True)
+    declarer = driver._declarers[driver.connection()]
+    plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+        [T(topic=f"{topic}.info")], None, pools=True))
+    with pytest.raises(exceptions.DeclarationError, match="AMQP 0-9-1 failed") as info:
+        declarer.ensure(bad, plan)
     assert "127.0.0.1:1" in str(info.value) and "#" in str(info.value)
+
+
+def test_pool_declarations_run_on_no_engine_thread(rabbit_node, engine_impl, transports,
+                                                   topic, monkeypatch):
+    # A blocking AMQP 0-9-1 connection must never run on an engine's I/O or event
+    # thread: neither the listener's (every connection) nor the notifier's.
+    threads = []
+    declare = rabbitmq.declare_groups
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return declare(*args, **kwargs)
+    monkeypatch.setattr(rabbitmq, "declare_groups", recording)
+    url = pools_url(rabbit_node)
+    events = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, events, "billing")
+    try:
+        oslo_messaging.Notifier(transports(url, notification=True), publisher_id="p",
+                                driver="messagingv2", topics=[topic]).info(
+            {}, "e", {"n": 1})
+        assert events.wait_for(1)
+    finally:
+        listener.stop()
+        listener.wait()
+    assert threads
+    assert not [t for t in threads if t.startswith(("fastamqp I/O", "fastamqp dispatcher"))]
 
 
 def tls_url(node, **query):

@@ -897,10 +897,24 @@ class Connection(ControlPlane):
         if ssl_session is not None:
             tls = TLSInfo(ssl_session.remote_subject, ssl_session.protocol_name(),
                           ssl_session.cipher_name())
-        self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
-                              {str(k): v for k, v in props.items()}, mech or None, tls)
+        self._peer = peer = PeerInfo(pconn.user_context, pconn.remote_container,
+                                     {str(k): v for k, v in props.items()},
+                                     mech or None, tls)
         self._delay = self._settings.retry_interval
-        self._opened()
+        generation = self._generation
+        if self._settings.prepare is None:
+            self._open_then(self._current_index, peer, None,
+                            lambda: self._activate(pconn))
+            return
+        self._open_then(
+            self._current_index, peer,
+            lambda: self._generation == generation and not self._stopped.is_set(),
+            lambda: self._call_soon(lambda: self._activate(pconn)))
+
+    def _activate(self, pconn):
+        """Attach the links of this connection (I/O thread)."""
+        if self._pconn is not pconn or self._closing:
+            return
         self._reply.attach(pconn)
         for sub in self._subscriptions:
             sub.links.clear()
