@@ -104,6 +104,11 @@ class Addresser:
         """The reply-to of requests whose replies arrive on source ``address``."""
         return address
 
+    def heartbeat_payload(self, payload):
+        """A call-monitor heartbeat (a message without a body) as this peer takes
+        it: unchanged, unless the peer needs a body (fastamqp.rabbitmq)."""
+        return payload
+
     # ---- notification pools (the module docstring) --------------------------------
     def notification_topic(self, target):
         """Where a notifier sends when pools are on."""

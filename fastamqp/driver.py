@@ -51,6 +51,12 @@ HEARTBEAT_SEND_TIMEOUT = 5.0
 # after the whole RPC timeout (60 s by default).
 AT_LEAST_ONCE_CREDIT_WAIT = 5.0
 
+# How long listen() waits for a first connection to RabbitMQ, so that a refused
+# declaration (a missing permission) fails the listen naming the cause; when the
+# broker is just not there yet, the listener is made all the same and the queues
+# are declared once it is.
+LISTEN_DECLARE_WAIT = 5.0
+
 
 class NotificationPoolsUnsupported(om_exceptions.ConfigurationError,
                                    NotImplementedError):
@@ -129,9 +135,11 @@ class IncomingMessage(base.RpcIncomingMessage):
             return
         driver = self._listener.driver
         try:
-            payload = codec.encode_heartbeat(self._reply_to, self._correlation_id,
-                                             self.client_timeout)
-            driver.connection().send(self._reply_to, payload, presettled=True,
+            conn = driver.connection()
+            payload = driver._addresser(conn.peer).heartbeat_payload(
+                codec.encode_heartbeat(self._reply_to, self._correlation_id,
+                                       self.client_timeout))
+            conn.send(self._reply_to, payload, presettled=True,
                                      deadline=time.monotonic() + HEARTBEAT_SEND_TIMEOUT,
                                      retry=0)
         except Exception as exc:  # oslo: heartbeat() must not raise
@@ -516,6 +524,15 @@ class ProtonDriver(base.BaseDriver):
             return conn.subscribe(addresses, credit), None
         declarer.add(plan)
         try:
+            if conn.peer is None:
+                # A first connection: its prepare step declares the plan, and says
+                # why if the broker refuses (every host refusing is raised at once).
+                try:
+                    conn.wait_active(LISTEN_DECLARE_WAIT)
+                except exceptions.DeclarationError:
+                    raise
+                except exceptions.ConnectionFailed:
+                    pass
             declarer.ensure(conn.peer, plan)
         except exceptions.DeclarationError as exc:
             if exc.refused:

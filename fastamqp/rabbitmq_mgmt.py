@@ -157,12 +157,32 @@ class Management:
             f"{self.where}: the management node request{subject} failed: {text}",
             refused=refused)
 
+    def _session_ended(self, what, condition):
+        name = condition.name if condition is not None else None
+        description = condition.description if condition is not None else None
+        refused = bool(name) and name in ("amqp:unauthorized-access", "amqp:not-found",
+                                          "amqp:not-allowed", "amqp:invalid-field")
+        return exceptions.DeclarationError(
+            f"{self.where} refused {what} ({name}): {description}" if refused else
+            f"{self.where}: {what} ended the management session ({name}: "
+            f"{description})", refused=refused, status=403 if
+            name == "amqp:unauthorized-access" else None)
+
     def request(self, method, resource, body=None, ok=(200, 201, 204)):
         """(status, response body) of one request; DeclarationError unless the
         status is in ``ok``."""
         message_id = uuid.uuid4().hex
         what = f"{method} {resource}"
+        receiver = self._receiver
+        session = receiver.link.session
+
+        def answered():
+            # RabbitMQ 4.0 refuses some requests (access refused: amqp:unauthorized-
+            # access) by ending the session, not with a response.
+            return (receiver.fetcher.has_message
+                    or session.state & proton.Endpoint.REMOTE_CLOSED)
         try:
+            # Presettled (the pair's settle mode): sending does not wait for an outcome.
             self._sender.send(Message(id=message_id, address=resource,
                                       subject=method, reply_to="$me", body=body))
             deadline = time.monotonic() + self._timeout
@@ -170,8 +190,12 @@ class Management:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"no response within {self._timeout:g} s")
+                self._conn.wait(answered, timeout=left,
+                                msg=f"waiting for the response to {what}")
+                if session.state & proton.Endpoint.REMOTE_CLOSED:
+                    raise self._session_ended(what, session.remote_condition)
                 # Responses come settled (the pair's settle mode): nothing to accept.
-                response = self._receiver.receive(timeout=left)
+                response = receiver.fetcher.pop()
                 if response.correlation_id == message_id:
                     break
         except exceptions.DeclarationError:

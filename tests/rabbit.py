@@ -276,6 +276,15 @@ class RabbitNode:
         except OSError:
             return ""
 
+    def log_text(self):
+        """The node's log files, all of them."""
+        text = []
+        for name in sorted(os.listdir(self._host_path("log"))):
+            if name.endswith(".log"):
+                with open(self._host_path("log", name), errors="replace") as f:
+                    text.append(f.read())
+        return "\n".join(text)
+
     def _port_open(self):
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
@@ -338,7 +347,12 @@ class RabbitNode:
         out = self.ctl("list_queues", "-q", "-p", vhost, "--formatter", "json", "name",
                        "messages", "consumers", "auto_delete", "exclusive", "durable",
                        "policy", "arguments")
-        return {q.pop("name"): q for q in json.loads(out)}
+        queues = {}
+        for q in json.loads(out):
+            # [[name, type, value], ...] (an empty list: [] or {} by version)
+            q["arguments"] = {a[0]: a[-1] for a in q.get("arguments") or []}
+            queues[q.pop("name")] = q
+        return queues
 
     def bindings(self, vhost="/"):
         """[(source, destination, routing key)] of ``vhost``."""

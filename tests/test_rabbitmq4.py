@@ -1,0 +1,383 @@
+"""RabbitMQ 4 over native AMQP 1.0: oslo.messaging's public API end to end through
+real RabbitMQ 4.0.5 nodes (Debian 13's package, run from a chroot: tests/rabbit.py,
+scripts/rabbitmq4-chroot), with the queues fastamqp declares itself through the
+broker's management node (fastamqp.rabbitmq).
+
+One node serves most of the session, with the v1 addresses denied
+(``deprecated_features.permit.amqp_address_v1 = false``): fastamqp must not need them.
+Failover, restart and cluster tests start nodes of their own; the 3-node cluster test
+is marked ``rabbitmq_cluster``.
+
+Each behavioural test runs on both engines (``[python]``, ``[c]``).
+"""
+import os
+import threading
+import time
+import uuid
+
+import oslo_messaging
+import pytest
+
+from fastamqp import addressing, rabbitmq
+from fastamqp.addressing import AddressingConfig, choose_addresser
+
+import rabbit
+from test_rabbitmq import (Calculator, NotificationEndpoint, T, TIMEOUT,  # noqa: F401
+                           conf, engine_impl, listener_for, start_server, stop,
+                           topic, transports, wait_until)
+
+RABBIT4 = {"product": "RabbitMQ", "version": "4.0.5"}
+CONFIG = AddressingConfig(default_exchange="openstack")
+V1_DENIED = "deprecated_features.permit.amqp_address_v1 = false"
+TTL = 2        # rabbit_transient_queues_ttl for the tests that watch queues expire
+
+
+def chroot_or_skip():
+    why = rabbit.chroot4_missing()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}; CI machines must have it", pytest=False)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def rabbit4(tmp_path_factory):
+    chroot_or_skip()
+    node = rabbit.RabbitNode(None, root=rabbit.CHROOT4, config=V1_DENIED)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
+def a4():
+    return choose_addresser(CONFIG, RABBIT4)
+
+
+def server_queue_names(topic, server):
+    own, _, shared = a4().server_queues(T(topic=topic, server=server), "x")
+    return own.name, shared.name
+
+
+def fanout_queues(node, topic):
+    multicast = f"openstack.org/om/rpc/multicast/openstack/{topic}/"
+    return {n: q for n, q in node.queues().items() if n.startswith(multicast)}
+
+
+def reply_queues(node):
+    return {n: q for n, q in node.queues().items()
+            if n.startswith(rabbitmq.REPLY_QUEUE_PREFIX)}
+
+
+def wait_for_consumers(node, names, count=1):
+    return wait_until(lambda: all(node.queues().get(n, {}).get("consumers", 0) >= count
+                                  for n in names))
+
+
+# ---- the node ----------------------------------------------------------------------
+
+def test_node_is_rabbitmq_4_with_v1_addresses_denied(rabbit4):
+    from proton.utils import BlockingConnection
+    from fastamqp._pure.connection import Connection
+    from fastamqp.interface import ConnectionSettings, Host
+    assert rabbit4.startup_seconds < 30
+    conn = Connection([Host("127.0.0.1", rabbit4.port, "guest", "guest")],
+                      ConnectionSettings(container_id=f"probe-{uuid.uuid4().hex}"))
+    conn.start()
+    try:
+        info = conn.wait_active(TIMEOUT)
+        assert rabbitmq.is_rabbitmq(info.properties) and rabbitmq.uses_v2(info.properties)
+        assert info.properties["version"].startswith("4.")
+    finally:
+        conn.close(5)
+    # The operator's setting really is in force: a v1 address is refused (by ending
+    # the session, which the blocking client sees only as a link that never opens).
+    blocking = BlockingConnection(f"amqp://127.0.0.1:{rabbit4.port}", timeout=3,
+                                  user="guest", password="guest", allowed_mechs="PLAIN")
+    try:
+        with pytest.raises(Exception):
+            blocking.create_sender("/queue/fastamqp-v1-probe")
+    finally:
+        try:
+            blocking.close()
+        except Exception:
+            pass
+    assert wait_until(lambda: "amqp_address_v1_not_permitted" in rabbit4.log_text())
+
+
+# ---- oslo.messaging through RabbitMQ 4 ----------------------------------------------
+
+def test_rpc_patterns(rabbit4, engine_impl, transports, topic):
+    url = rabbit4.url()
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    try:
+        # listen() declared the queues before returning: no need to wait for links.
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        assert client.call({}, "add", a=2, b=3) == 5                       # anycast
+        assert client.prepare(server="host1").call({}, "add", a=1, b=1) == 2   # direct
+        client.cast({}, "record", value="cast")                             # cast
+        assert endpoint.wait_for(1)
+        assert wait_for_consumers(rabbit4, server_queue_names(topic, "host1"))
+        assert wait_until(lambda: fanout_queues(rabbit4, topic))
+        client.prepare(fanout=True).cast({}, "record", value="fanout")      # fanout
+        assert endpoint.wait_for(2)
+        client.prepare(server="host1").cast({}, "record", value="direct")   # direct cast
+        assert endpoint.wait_for(3)
+        assert endpoint.casts == ["cast", "fanout", "direct"]
+        with pytest.raises(ValueError, match="the server says no"):
+            client.call({}, "fail")
+        ctxt = {"user": "u1", "request_id": "req-1"}
+        assert client.call(ctxt, "context_echo") == ctxt
+    finally:
+        stop(rpc_server)
+
+
+def test_queues_fastamqp_declares(rabbit4, engine_impl, transports, topic):
+    url = rabbit4.url() + f"?rabbit_transient_queues_ttl={TTL}"
+    rpc_server = start_server(transports(url), Calculator(), topic, "host1")
+    replies_before = set(reply_queues(rabbit4))
+    client_transport = transports(url)
+    client = oslo_messaging.get_rpc_client(
+        client_transport, oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+    try:
+        assert client.call({}, "add", a=1, b=2) == 3
+        queues = rabbit4.queues()
+        own, shared = server_queue_names(topic, "host1")
+        for name in (own, shared):       # shared: durable classic, no expiry
+            assert queues[name]["durable"] and not queues[name]["auto_delete"]
+            assert "x-expires" not in queues[name]["arguments"]
+        [(fanout, q)] = fanout_queues(rabbit4, topic).items()
+        assert q["auto_delete"] and q["arguments"]["x-expires"] == TTL * 1000
+        replies = set(reply_queues(rabbit4)) - replies_before
+        assert replies and all(reply_queues(rabbit4)[r]["auto_delete"] for r in replies)
+        bindings = rabbit4.bindings()
+        assert ("amq.direct", shared, shared) in bindings
+        assert ("amq.direct", own, own) in bindings
+        assert ("amq.direct", fanout,
+                f"openstack.org/om/rpc/multicast/openstack/{topic}") in bindings
+    finally:
+        stop(rpc_server)
+        client_transport.cleanup()
+    # A stopped server's fanout queue and a closed client's reply queue go away.
+    assert wait_until(lambda: fanout not in rabbit4.queues(), timeout=TTL + 10)
+    assert wait_until(lambda: not replies & set(rabbit4.queues()), timeout=TTL + 10)
+
+
+def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit4, engine_impl,
+                                                             transports, topic):
+    url = rabbit4.url()
+    endpoints = [Calculator() for _ in range(3)]
+    servers = [start_server(transports(url), e, topic, f"host{i}")
+               for i, e in enumerate(endpoints)]
+    try:
+        assert wait_until(lambda: sum(q["consumers"] for q in
+                                      fanout_queues(rabbit4, topic).values()) == 3)
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        client.prepare(fanout=True).cast({}, "record", value="everyone")
+        assert all(e.wait_for(1) for e in endpoints)
+        for n in range(30):
+            client.cast({}, "record", value=n)
+        assert wait_until(lambda: sum(len(e.casts) for e in endpoints) == 33)
+        time.sleep(0.3)
+        got = sorted(v for e in endpoints for v in e.casts if v != "everyone")
+        assert got == list(range(30))                       # each cast once
+        assert all(e.casts[0] == "everyone" for e in endpoints)
+    finally:
+        stop(*servers)
+
+
+def test_call_to_a_topic_nobody_serves_fails_within_its_timeout(
+        rabbit4, engine_impl, transports, topic):
+    # No server ever listened: no queue is bound for the key, and amq.direct answers
+    # released; sent again while the deadline allows, then a failure that says so.
+    client = oslo_messaging.get_rpc_client(
+        transports(rabbit4.url()), oslo_messaging.Target(topic=topic), timeout=2)
+    started = time.monotonic()
+    with pytest.raises((oslo_messaging.MessagingTimeout,
+                        oslo_messaging.MessageDeliveryFailure),
+                       match="released|timed out|no reply"):
+        client.call({}, "add", a=1, b=2)
+    assert time.monotonic() - started < 6
+
+
+def test_a_stopped_server_s_queue_keeps_requests(rabbit4, engine_impl, transports,
+                                                 topic):
+    # Once a server has listened, its topic's queue exists (shared queues do not
+    # expire): a cast sent while no server runs waits there for the next one.
+    url = rabbit4.url()
+    stop(start_server(transports(url), Calculator(), topic, "host1"))
+    client = oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+    client.cast({}, "record", value="kept")
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    try:
+        assert endpoint.wait_for(1) and endpoint.casts == ["kept"]
+    finally:
+        stop(rpc_server)
+
+
+def test_at_least_once_reports_no_server_at_once(rabbit4, engine_impl, transports,
+                                                 topic):
+    # amq.direct answers released when no queue is bound for the key: what the
+    # rabbit driver's mandatory flag reports.
+    client = oslo_messaging.get_rpc_client(
+        transports(rabbit4.url()), oslo_messaging.Target(topic=topic), timeout=20,
+        transport_options=oslo_messaging.TransportOptions(at_least_once=True))
+    started = time.monotonic()
+    with pytest.raises(oslo_messaging.MessageUndeliverable):
+        client.call({}, "add", a=1, b=2)
+    assert time.monotonic() - started < 5
+
+
+def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit4, engine_impl,
+                                                        transports, topic):
+    url = rabbit4.url()
+    rpc_server = start_server(transports(url), Calculator(), topic, "host1")
+    try:
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT,
+            call_monitor_timeout=2)
+        assert client.call({}, "slow", seconds=3) == "done"
+    finally:
+        stop(rpc_server)
+
+
+def test_notifications_are_stored_and_listeners_compete(rabbit4, engine_impl,
+                                                        transports, topic):
+    url = rabbit4.url()
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="compute.host1",
+                                       driver="messagingv2", topics=[topic])
+    # Before any listener: the notifier declared the topic's queue, which keeps it.
+    notifier.info({}, "compute.instance.create.end", {"n": 0})
+    one, two = NotificationEndpoint(), NotificationEndpoint()
+    listeners = [listener_for(transports(url, notification=True), topic, one),
+                 listener_for(transports(url, notification=True), topic, two)]
+    try:
+        [queue] = a4().notification_queues([T(topic=f"{topic}.info")])
+        assert wait_for_consumers(rabbit4, [queue.name], count=2)
+        for n in range(1, 11):
+            notifier.info({}, "compute.instance.create.end", {"n": n})
+        assert wait_until(lambda: len(one.received) + len(two.received) >= 11)
+        time.sleep(0.5)
+        assert sorted(one.received + two.received) == list(range(11))
+        assert one.received and two.received
+    finally:
+        for listener in listeners:
+            listener.stop()
+            listener.wait()
+
+
+def test_pools_each_group_gets_every_notification(rabbit4, engine_impl, transports,
+                                                  topic):
+    url = rabbit4.url() + "?notification_pools=true"
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="compute.host1",
+                                       driver="messagingv2", topics=[topic])
+    notifier.info({}, "compute.instance.create.end", {"n": 0})
+    groups = {None: [NotificationEndpoint(), NotificationEndpoint()],
+              "billing": [NotificationEndpoint(), NotificationEndpoint()],
+              "audit": [NotificationEndpoint()]}
+    listeners = [listener_for(transports(url, notification=True), topic, e, pool)
+                 for pool, members in groups.items() for e in members]
+    try:
+        queues = {pool: a4().group_queue(T(topic=f"{topic}.info"), pool).name
+                  for pool in groups}
+        for pool, members in groups.items():
+            assert wait_for_consumers(rabbit4, [queues[pool]], count=len(members))
+        for n in range(1, 21):
+            notifier.info({}, "compute.instance.create.end", {"n": n})
+        everyone = [e for members in groups.values() for e in members]
+        assert wait_until(lambda: sum(len(e.received) for e in everyone) >= 20 * 3 + 1)
+        time.sleep(0.5)
+        for pool, members in groups.items():
+            seen = sorted(n for e in members for n in e.received)
+            assert seen == list(range(0 if pool is None else 1, 21)), pool
+            assert all(e.received for e in members), pool
+    finally:
+        for listener in listeners:
+            listener.stop()
+            listener.wait()
+
+
+def test_quorum_queues_option(rabbit4, engine_impl, transports, topic):
+    url = rabbit4.url() + "?rabbit_quorum_queue=true"
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    events = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, events)
+    try:
+        client = oslo_messaging.get_rpc_client(
+            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
+        assert client.call({}, "add", a=1, b=2) == 3
+        oslo_messaging.Notifier(transports(url, notification=True), publisher_id="p",
+                                driver="messagingv2", topics=[topic]).info(
+            {}, "e", {"n": 7})
+        assert events.wait_for(1)
+        queues = rabbit4.queues()
+        [notify] = a4().notification_queues([T(topic=f"{topic}.info")])
+        for name in (*server_queue_names(topic, "host1"), notify.name):
+            assert queues[name]["arguments"]["x-queue-type"] == "quorum", name
+        # A classic queue of the same name cannot be made quorum: the error says so.
+        classic = oslo_messaging.get_rpc_server(
+            transports(rabbit4.url()),
+            oslo_messaging.Target(topic=topic, server="host1"), [Calculator()],
+            executor="threading")
+        with pytest.raises(oslo_messaging.MessagingException,
+                           match="(?s)refused PUT /queues/.*409.*x-queue-type"):
+            classic.start()
+    finally:
+        stop(rpc_server)
+        listener.stop()
+        listener.wait()
+
+
+@pytest.fixture
+def limited_user(rabbit4):
+    """A user who may write and read everywhere but configure (declare) nothing."""
+    user = f"limited-{uuid.uuid4().hex[:6]}"
+    rabbit4.ctl("add_user", user, "secret")
+    rabbit4.ctl("set_permissions", "-p", "/", user, "^$", ".*", ".*")
+    yield user
+    rabbit4.ctl("delete_user", user, check=False)
+
+
+def test_a_missing_permission_is_named(rabbit4, engine_impl, transports, topic,
+                                       limited_user):
+    # RabbitMQ allows the login from loopback for users other than guest.
+    url = rabbit4.url(user=limited_user, password="secret")
+    server = oslo_messaging.get_rpc_server(
+        transports(url), oslo_messaging.Target(topic=topic, server="host1"),
+        [Calculator()], executor="threading")
+    with pytest.raises(oslo_messaging.MessagingException,
+                       match="(?s)refused PUT /queues/.*(403|unauthorized).*configure"):
+        server.start()
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="p", driver="messagingv2",
+                                       topics=[topic], retry=0)
+    # oslo's Notifier logs a failed notification instead of raising; the driver's
+    # error is what it logs.
+    driver = notifier.transport._driver
+    with pytest.raises(oslo_messaging.MessageDeliveryFailure,
+                       match="(?s)refused PUT /queues/.*(403|unauthorized).*configure"):
+        driver.send_notification(oslo_messaging.Target(topic=f"{topic}.info"), {},
+                                 {"event_type": "e", "payload": {}}, 2.0)
+    # A client cannot even get its reply queue: the call names the refusal.
+    client = oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=5)
+    with pytest.raises(oslo_messaging.MessagingException, match="unauthorized-access"):
+        client.call({}, "add", a=1, b=2)
+
+
+def test_fastamqp_check(rabbit4, engine_impl, topic):
+    from fastamqp import check
+    lines = []
+    ok = check.run(rabbit4.url(), out=lines.append, timeout=TIMEOUT)
+    text = "\n".join(lines)
+    assert ok, text
+    assert "RabbitMQ 4.0.5" in text and "declared" in text
