@@ -11,6 +11,7 @@ is marked ``rabbitmq_cluster``.
 Each behavioural test runs on both engines (``[python]``, ``[c]``).
 """
 import os
+import re
 import threading
 import time
 import uuid
@@ -374,10 +375,27 @@ def test_a_missing_permission_is_named(rabbit4, engine_impl, transports, topic,
         client.call({}, "add", a=1, b=2)
 
 
-def test_fastamqp_check(rabbit4, engine_impl, topic):
+def test_fastamqp_check(rabbit4, engine_impl):
+    import io
     from fastamqp import check
-    lines = []
-    ok = check.run(rabbit4.url(), out=lines.append, timeout=TIMEOUT)
-    text = "\n".join(lines)
-    assert ok, text
-    assert "RabbitMQ 4.0.5" in text and "declared" in text
+    out, err = io.StringIO(), io.StringIO()
+    code = check.main([rabbit4.url(), "--timeout", "10"], out=out, err=err)
+    text = out.getvalue()
+    assert code == check.EXIT_OK, text + err.getvalue()
+    assert "RabbitMQ 4.0.5" in text and "rabbitmq" in text
+    assert "/exchanges/amq.direct/" in text                  # v2, through amq.direct
+    assert re.search(r"declared +queue fastamqp-reply\.", text), text
+    assert "round trip" in text and text.rstrip().endswith("OK")
+
+
+def test_fastamqp_check_names_a_refused_declaration(rabbit4, engine_impl, limited_user):
+    import io
+    from fastamqp import check
+    out, err = io.StringIO(), io.StringIO()
+    code = check.main([rabbit4.url(user=limited_user, password="secret"),
+                       "--timeout", "10"], out=out, err=err)
+    text = out.getvalue() + err.getvalue()
+    assert code == check.EXIT_REJECTED, text
+    assert "RabbitMQ refused a declaration" in text
+    assert re.search(r"NOT declared +queue fastamqp-reply\..*unauthorized-access", text)
+    assert "configure access to queue" in text and "set_permissions" in text
