@@ -399,3 +399,228 @@ def test_fastamqp_check_names_a_refused_declaration(rabbit4, engine_impl, limite
     assert "RabbitMQ refused a declaration" in text
     assert re.search(r"NOT declared +queue fastamqp-reply\..*unauthorized-access", text)
     assert "configure access to queue" in text and "set_permissions" in text
+
+
+# ---- failover, restarts, a cluster ------------------------------------------------------
+
+def url_of(*nodes, query=""):
+    hosts = ",".join(f"guest:guest@127.0.0.1:{n.port}" for n in nodes)
+    return f"amqp://{hosts}/" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="module")
+def node_pair():
+    """Two separate RabbitMQ 4 nodes (not a cluster): one up, the other made but
+    stopped."""
+    chroot_or_skip()
+    up = rabbit.RabbitNode(None, root=rabbit.CHROOT4, config=V1_DENIED)
+    down = rabbit.RabbitNode(None, root=rabbit.CHROOT4, config=V1_DENIED)
+    up.start()
+    try:
+        yield [up, down]
+    finally:
+        up.remove()
+        down.remove()
+
+
+def test_failover_to_another_node_declares_everything_there(engine_impl, node_pair,
+                                                            transports, topic):
+    """Every client on node X (the only one up); Y starts, X stops: servers, callers
+    and notifiers move to Y, where nothing was declared before, and work there."""
+    x, y = (n for n in node_pair if n.process is not None and n.process.poll() is None), \
+        None
+    x = next(x)
+    y = next(n for n in node_pair if n is not x)
+    url = url_of(x, y, query="connection_retry_interval=1&"
+                             "connection_retry_interval_max=1")
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    events = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, events)
+    client = oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=5)
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="p", driver="messagingv2",
+                                       topics=[topic])
+    try:
+        assert client.call({}, "add", a=1, b=1) == 2
+        notifier.info({}, "e", {"n": 0})
+        assert events.wait_for(1)
+        y.start()
+        x.stop()
+
+        def works():
+            try:
+                return client.call({}, "add", a=2, b=2) == 4
+            except oslo_messaging.MessagingException:
+                return False
+        assert wait_until(works, timeout=60, interval=0.5)
+        # On Y now: the server's queues, fanout included, and the notification queue.
+        queues = y.queues()
+        assert set(server_queue_names(topic, "host1")) <= set(queues)
+        assert fanout_queues(y, topic)
+        assert client.prepare(server="host1").call({}, "add", a=3, b=3) == 6
+        client.prepare(fanout=True).cast({}, "record", value="fanout on y")
+        assert endpoint.wait_for(1) and endpoint.casts == ["fanout on y"]
+        notifier.info({}, "e", {"n": 1})
+        assert events.wait_for(2) and events.received == [0, 1]
+    finally:
+        stop(rpc_server)
+        listener.stop()
+        listener.wait()
+
+
+def cast_load(client, threads, per_thread, pause=0.002):
+    """Casts value (thread, i) from ``threads`` threads; the failures."""
+    failures = []
+
+    def run(t):
+        for i in range(per_thread):
+            try:
+                client.cast({}, "record", value=[t, i])
+            except Exception as exc:
+                failures.append(f"{t}/{i}: {exc}")
+            time.sleep(pause)
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    return workers, failures
+
+
+@pytest.mark.xfail(strict=False, reason="confirmed delivery: casts are pre-settled by "
+                   "default on this branch, so casts in flight when the node stops can "
+                   "be lost; passes once casts are confirmed (unsettled) by default")
+def test_node_restarted_under_load_loses_no_cast(engine_impl, node_pair, transports,
+                                                 topic):
+    node = next(n for n in node_pair if n.process is not None
+                and n.process.poll() is None)
+    url = url_of(node, query="connection_retry_interval=1&"
+                             "connection_retry_interval_max=1")
+    endpoint = Calculator()
+    rpc_server = start_server(transports(url), endpoint, topic, "host1")
+    client = oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=60)
+    threads, per_thread = 4, 300
+    try:
+        workers, failures = cast_load(client, threads, per_thread)
+        time.sleep(0.5)
+        node.stop()
+        node.start()
+        for w in workers:
+            w.join(120)
+        assert not failures, failures[:5]
+        expected = {(t, i) for t in range(threads) for i in range(per_thread)}
+        assert wait_until(lambda: expected <= {tuple(v) for v in endpoint.casts},
+                          timeout=60), (
+            f"lost {len(expected - {tuple(v) for v in endpoint.casts})} of "
+            f"{len(expected)} casts")
+    finally:
+        stop(rpc_server)
+
+
+CLUSTER_SECONDS = float(os.environ.get("FASTAMQP_RABBITMQ_CLUSTER_SECONDS", "20"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Three RabbitMQ 4 nodes in one cluster on loopback (one epmd, one cookie)."""
+    chroot_or_skip()
+    first = rabbit.RabbitNode(None, root=rabbit.CHROOT4, config=V1_DENIED)
+    nodes = [first]
+    try:
+        first.start()
+        for _ in range(2):
+            node = rabbit.RabbitNode(None, root=rabbit.CHROOT4, config=V1_DENIED,
+                                     cluster_with=first)
+            nodes.append(node)
+            node.start()
+        yield nodes
+    finally:
+        for node in reversed(nodes):
+            node.stop(keep_epmd=node is not first)
+            node.remove()
+
+
+@pytest.mark.rabbitmq_cluster
+def test_cluster_node_killed_under_load(cluster, transports, topic):
+    """Quorum queues on a 3-node cluster; one node SIGKILLed under load: no cast or
+    notification lost, every call returns or raises within its deadline, and the
+    clients move to a live node of the URL. The C engine (the default); the load
+    lasts FASTAMQP_RABBITMQ_CLUSTER_SECONDS (20; docs/rabbitmq.md has a longer run)."""
+    url = url_of(*cluster, query="rabbit_quorum_queue=true&"
+                                 "connection_retry_interval=1&"
+                                 "connection_retry_interval_max=1")
+    endpoints = [Calculator() for _ in range(2)]
+    servers = [start_server(transports(url), e, topic, f"host{i}")
+               for i, e in enumerate(endpoints)]
+    events = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, events)
+    clients = [oslo_messaging.get_rpc_client(
+        transports(url), oslo_messaging.Target(topic=topic), timeout=10)
+        for _ in range(3)]
+    notifier = oslo_messaging.Notifier(transports(url, notification=True),
+                                       publisher_id="p", driver="messagingv2",
+                                       topics=[topic])
+    stop_at = time.monotonic() + CLUSTER_SECONDS
+    sent_casts, sent_notes, late_calls, failed_calls, errors = [], [], [], [], []
+
+    def caster(c, client):
+        i = 0
+        while time.monotonic() < stop_at:
+            try:
+                client.cast({}, "record", value=[c, i])
+                sent_casts.append((c, i))
+            except Exception as exc:
+                errors.append(f"cast {c}/{i}: {exc}")
+            i += 1
+            time.sleep(0.01)
+
+    def caller(client):
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            try:
+                assert client.call({}, "add", a=1, b=2) == 3
+            except oslo_messaging.MessagingException as exc:
+                failed_calls.append(str(exc))
+            took = time.monotonic() - started
+            if took > 10 + 2:                      # the deadline, and some slack
+                late_calls.append(took)
+
+    def noter():
+        n = 0
+        while time.monotonic() < stop_at:
+            try:
+                notifier.info({}, "e", {"n": n})
+                sent_notes.append(n)
+            except Exception as exc:
+                errors.append(f"notification {n}: {exc}")
+            n += 1
+            time.sleep(0.01)
+    try:
+        workers = [threading.Thread(target=caster, args=(0, clients[0])),
+                   threading.Thread(target=caller, args=(clients[1],)),
+                   threading.Thread(target=noter)]
+        for w in workers:
+            w.start()
+        time.sleep(CLUSTER_SECONDS / 3)
+        victim = cluster[1]
+        victim.kill()
+        for w in workers:
+            w.join(CLUSTER_SECONDS + 120)
+        # Every client is connected to a live node of the URL.
+        live = {cluster[0].port, cluster[2].port}
+        for client in clients:
+            assert client.transport._driver.connection().peer.host.port in live
+        expected_casts = set(sent_casts)
+        got = lambda: {tuple(v) for e in endpoints for v in e.casts}   # noqa: E731
+        assert wait_until(lambda: expected_casts <= got(), timeout=60), (
+            f"lost {len(expected_casts - got())} of {len(expected_casts)} casts")
+        assert wait_until(lambda: set(sent_notes) <= set(events.received), timeout=60), (
+            f"lost {len(set(sent_notes) - set(events.received))} of {len(sent_notes)} "
+            f"notifications")
+        assert not late_calls, late_calls
+        assert len(failed_calls) < 20, failed_calls[:5]   # only around the kill
+    finally:
+        stop(*servers)
+        listener.stop()
+        listener.wait()
