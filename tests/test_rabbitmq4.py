@@ -487,9 +487,20 @@ def cast_load(client, threads, per_thread, pause=0.002):
     return workers, failures
 
 
-@pytest.mark.xfail(strict=False, reason="confirmed delivery: casts are pre-settled by "
-                   "default on this branch, so casts in flight when the node stops can "
-                   "be lost; passes once casts are confirmed (unsettled) by default")
+def assert_no_cast_lost(sent, received, client):
+    """Every cast in ``sent`` is in ``received()``. Pre-settled casts (the default on
+    this branch) in flight when a node dies can be lost: then the test is an expected
+    failure naming the confirmed-delivery change, which makes casts unsettled by
+    default; once it is in, the assertion holds by itself."""
+    whole = wait_until(lambda: sent <= received(), timeout=30)
+    lost = len(sent - received())
+    if not whole and "rpc-cast" in client.transport._driver.pre_settled:
+        pytest.xfail(f"confirmed delivery: {lost} of {len(sent)} pre-settled casts lost "
+                     f"(casts are pre-settled by default until the confirmed-delivery "
+                     f"change)")
+    assert whole, f"lost {lost} of {len(sent)} casts"
+
+
 def test_node_restarted_under_load_loses_no_cast(engine_impl, node_pair, transports,
                                                  topic):
     node = next(n for n in node_pair if n.process is not None
@@ -510,10 +521,8 @@ def test_node_restarted_under_load_loses_no_cast(engine_impl, node_pair, transpo
             w.join(120)
         assert not failures, failures[:5]
         expected = {(t, i) for t in range(threads) for i in range(per_thread)}
-        assert wait_until(lambda: expected <= {tuple(v) for v in endpoint.casts},
-                          timeout=60), (
-            f"lost {len(expected - {tuple(v) for v in endpoint.casts})} of "
-            f"{len(expected)} casts")
+        assert_no_cast_lost(expected, lambda: {tuple(v) for v in endpoint.casts},
+                            client)
     finally:
         stop(rpc_server)
 
@@ -598,6 +607,7 @@ def test_cluster_node_killed_under_load(cluster, transports, topic):
             time.sleep(0.01)
     try:
         workers = [threading.Thread(target=caster, args=(0, clients[0])),
+                   threading.Thread(target=caster, args=(1, clients[2])),
                    threading.Thread(target=caller, args=(clients[1],)),
                    threading.Thread(target=noter)]
         for w in workers:
@@ -610,16 +620,17 @@ def test_cluster_node_killed_under_load(cluster, transports, topic):
         # Every client is connected to a live node of the URL.
         live = {cluster[0].port, cluster[2].port}
         for client in clients:
-            assert client.transport._driver.connection().peer.host.port in live
-        expected_casts = set(sent_casts)
-        got = lambda: {tuple(v) for e in endpoints for v in e.casts}   # noqa: E731
-        assert wait_until(lambda: expected_casts <= got(), timeout=60), (
-            f"lost {len(expected_casts - got())} of {len(expected_casts)} casts")
+            conn = client.transport._driver.connection()
+            assert conn.wait_active(30).host.port in live
         assert wait_until(lambda: set(sent_notes) <= set(events.received), timeout=60), (
             f"lost {len(set(sent_notes) - set(events.received))} of {len(sent_notes)} "
             f"notifications")
         assert not late_calls, late_calls
+        assert not errors, errors[:5]
         assert len(failed_calls) < 20, failed_calls[:5]   # only around the kill
+        assert_no_cast_lost(set(sent_casts),
+                            lambda: {tuple(v) for e in endpoints for v in e.casts},
+                            clients[0])
     finally:
         stop(*servers)
         listener.stop()
