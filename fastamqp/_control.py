@@ -154,26 +154,7 @@ class ControlPlane:
 
     # ---- SASL ----------------------------------------------------------------------
     def _sasl_props(self, host):
-        """SASL properties for ``host`` (its own user and password), in pyngus' terms;
-        the C engine reads the same keys."""
-        settings = self._settings
-        props = {}
-        mechs = " ".join(settings.sasl_mechanisms.upper().split())
-        if host.username:
-            props["x-username"] = host.username
-            props["x-password"] = host.password or ""
-        if mechs:
-            # pyngus also forbids PLAIN/ANONYMOUS unless one of them is listed.
-            props["x-sasl-mechs"] = mechs
-        elif not host.username and not settings.ssl_cert_file:
-            props["x-sasl-mechs"] = "ANONYMOUS"
-        if settings.sasl_config_dir:
-            props["x-sasl-config-dir"] = settings.sasl_config_dir
-        if settings.sasl_config_name:
-            props["x-sasl-config-name"] = settings.sasl_config_name
-        if not props:
-            props["x-force-sasl"] = True   # e.g. EXTERNAL with only a certificate
-        return props
+        return sasl_props(self._settings, host)
 
     def _sasl_failed(self, index, host, result, mech, description):
         """The SASL exchange with ``host`` ended with ``result`` (not OK)."""
@@ -255,6 +236,28 @@ class ControlPlane:
 
 
 _TLS_MARKERS = ("SSL Failure", "certificate verify failed", "SSL routines", "TLS")
+
+
+def sasl_props(settings, host):
+    """SASL properties for ``host`` (its own user and password), in pyngus' terms;
+    the C engine reads the same keys."""
+    props = {}
+    mechs = " ".join(settings.sasl_mechanisms.upper().split())
+    if host.username:
+        props["x-username"] = host.username
+        props["x-password"] = host.password or ""
+    if mechs:
+        # pyngus also forbids PLAIN/ANONYMOUS unless one of them is listed.
+        props["x-sasl-mechs"] = mechs
+    elif not host.username and not settings.ssl_cert_file:
+        props["x-sasl-mechs"] = "ANONYMOUS"
+    if settings.sasl_config_dir:
+        props["x-sasl-config-dir"] = settings.sasl_config_dir
+    if settings.sasl_config_name:
+        props["x-sasl-config-name"] = settings.sasl_config_name
+    if not props:
+        props["x-force-sasl"] = True   # e.g. EXTERNAL with only a certificate
+    return props
 
 
 def ca_file(settings):

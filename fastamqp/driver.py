@@ -140,8 +140,7 @@ class IncomingMessage(base.RpcIncomingMessage):
                 codec.encode_heartbeat(self._reply_to, self._correlation_id,
                                        self.client_timeout))
             conn.send(self._reply_to, payload, presettled=True,
-                                     deadline=time.monotonic() + HEARTBEAT_SEND_TIMEOUT,
-                                     retry=0)
+                      deadline=time.monotonic() + HEARTBEAT_SEND_TIMEOUT, retry=0)
         except Exception as exc:  # oslo: heartbeat() must not raise
             LOG.debug("call-monitor heartbeat to %s failed: %s", self._reply_to, exc)
 

@@ -29,7 +29,7 @@ from proton.reactor import LinkOption
 from proton.utils import BlockingConnection
 
 from fastamqp import exceptions
-from fastamqp._control import ca_file
+from fastamqp._control import ca_file, sasl_props
 
 LOG = logging.getLogger(__name__)
 
@@ -41,6 +41,12 @@ DEFAULT_TIMEOUT = 10.0
 # request, 403 access refused, 404 missing (a vhost, an exchange), 405, 409 exists with
 # other properties (precondition failed).
 REFUSED = {400, 403, 404, 405, 409}
+
+
+# fastamqp._control.sasl_props keys -> python-qpid-proton connect() arguments.
+_SASL_KWARGS = {"x-username": "user", "x-password": "password",
+                "x-sasl-mechs": "allowed_mechs", "x-sasl-config-dir": "sasl_config_path",
+                "x-sasl-config-name": "sasl_config_name"}
 
 
 def path(kind, name):
@@ -99,20 +105,12 @@ class Management:
         if ":" in hostname and not hostname.startswith("["):
             hostname = f"[{hostname}]"
         scheme = "amqps" if settings.tls else "amqp"
+        # The engine's SASL choices (fastamqp._control), in the blocking API's terms.
         kwargs = {"sasl_enabled": True}
-        mechs = " ".join(settings.sasl_mechanisms.upper().split())
-        if host.username:
-            kwargs.update(user=host.username, password=host.password or "")
-        if mechs:
-            kwargs["allowed_mechs"] = mechs
-        elif not host.username and not settings.ssl_cert_file:
-            kwargs["allowed_mechs"] = "ANONYMOUS"
+        kwargs.update((_SASL_KWARGS[k], v) for k, v in sasl_props(settings, host).items()
+                      if k in _SASL_KWARGS)
         if settings.virtual_host:
             kwargs["virtual_host"] = settings.virtual_host
-        if settings.sasl_config_dir:
-            kwargs["sasl_config_path"] = settings.sasl_config_dir
-        if settings.sasl_config_name:
-            kwargs["sasl_config_name"] = settings.sasl_config_name
         try:
             ssl_domain = (_ssl_domain(settings, settings.ssl_peer_name or host.hostname)
                           if settings.tls else None)

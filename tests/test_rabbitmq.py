@@ -368,12 +368,13 @@ def test_node_starts_quickly_and_speaks_amqp_1_0(rabbit_node):
         conn.close(5)
 
 
-def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
-    url = rabbit_node.url()
+def rpc_patterns(url, transports, topic, ready=lambda: True):
+    """Call, direct call, cast, fanout, direct cast, a remote error and the context
+    through one server; ``ready()`` says when its links are attached."""
     endpoint = Calculator()
     rpc_server = start_server(transports(url), endpoint, topic, "host1")
     try:
-        assert wait_for_consumers(rabbit_node, names(topic, "host1"))
+        assert ready()
         client = oslo_messaging.get_rpc_client(
             transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
         assert client.call({}, "add", a=2, b=3) == 5                       # anycast
@@ -392,6 +393,12 @@ def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
         assert client.call(ctxt, "context_echo") == ctxt
     finally:
         stop(rpc_server)
+
+
+def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
+    # 3.x: the fanout queue exists once the server's link is attached.
+    rpc_patterns(rabbit_node.url(), transports, topic,
+                 lambda: wait_for_consumers(rabbit_node, names(topic, "host1")))
 
 
 def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit_node, engine_impl,
@@ -472,9 +479,7 @@ def test_reply_queue_is_per_connection_and_goes_away_after_its_client(
                       timeout=POLICY_EXPIRES_MS / 1000 + 10)
 
 
-def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl,
-                                                        transports, topic):
-    url = rabbit_node.url()
+def heartbeats_keep_a_slow_call_alive(url, transports, topic):
     rpc_server = start_server(transports(url), Calculator(), topic, "host1")
     try:
         client = oslo_messaging.get_rpc_client(
@@ -484,6 +489,11 @@ def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl
         assert client.call({}, "slow", seconds=3) == "done"
     finally:
         stop(rpc_server)
+
+
+def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl,
+                                                        transports, topic):
+    heartbeats_keep_a_slow_call_alive(rabbit_node.url(), transports, topic)
 
 
 def test_call_timeout_without_a_server(rabbit_node, engine_impl, transports, topic):
@@ -541,21 +551,19 @@ def listener_for(transport, topic, endpoint, pool=None):
     return listener
 
 
-def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl,
-                                                        transports, topic):
-    url = rabbit_node.url()
+def notifications_are_stored_and_listeners_compete(node, url, transports, topic,
+                                                   queue):
+    """A notification sent before any listener is kept in the topic's ``queue``; two
+    listeners then share the topic's notifications, each once. RabbitMQ 3.x and 4.x."""
     notifier = oslo_messaging.Notifier(transports(url, notification=True),
                                        publisher_id="compute.host1",
                                        driver="messagingv2", topics=[topic])
-    # Sent before any listener exists: RabbitMQ keeps it in the shared queue.
     notifier.info({}, "compute.instance.create.end", {"n": 0})
     one, two = NotificationEndpoint(), NotificationEndpoint()
     listeners = [listener_for(transports(url, notification=True), topic, one),
                  listener_for(transports(url, notification=True), topic, two)]
     try:
-        queue = queue_name(choose_addresser(CONFIG, RABBIT3).resolve(
-            T(topic=f"{topic}.info"), addressing.SERVICE_NOTIFY))
-        assert wait_for_consumers(rabbit_node, [queue], count=2)
+        assert wait_for_consumers(node, [queue], count=2)
         for n in range(1, 11):
             notifier.info({}, "compute.instance.create.end", {"n": n})
         assert wait_until(lambda: len(one.received) + len(two.received) >= 11)
@@ -568,18 +576,29 @@ def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl
             listener.wait()
 
 
+def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl,
+                                                        transports, topic):
+    # 3.x: the notifier's /queue/ link declares the shared queue.
+    notifications_are_stored_and_listeners_compete(
+        rabbit_node, rabbit_node.url(), transports, topic,
+        queue_name(choose_addresser(CONFIG, RABBIT3).resolve(
+            T(topic=f"{topic}.info"), addressing.SERVICE_NOTIFY)))
+
+
 def pools_url(node):
     return node.url() + "?notification_pools=true"
 
 
-def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, transports,
-                                                   topic):
-    url = pools_url(rabbit_node)
+def each_group_gets_every_notification(node, url, transports, topic, group_queue,
+                                       check_queues=None):
+    """Three groups (none, billing, audit) listen to one topic's notifications: each
+    gets every one, shared among its members. ``group_queue(pool)`` names a group's
+    queue; the group without a pool also has the one sent before anybody listened
+    (the notifier declared its queue, as the rabbit driver declares its default one).
+    RabbitMQ 3.x and 4.x alike."""
     notifier = oslo_messaging.Notifier(transports(url, notification=True),
                                        publisher_id="compute.host1",
                                        driver="messagingv2", topics=[topic])
-    # Before any listener: the notifier has declared the group without a pool (as
-    # the rabbit driver declares its default queue), so this one is kept for it.
     notifier.info({}, "compute.instance.create.end", {"n": 0})
     groups = {None: [NotificationEndpoint(), NotificationEndpoint()],
               "billing": [NotificationEndpoint(), NotificationEndpoint()],
@@ -587,17 +606,11 @@ def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, tran
     listeners = [listener_for(transports(url, notification=True), topic, e, pool)
                  for pool, members in groups.items() for e in members]
     try:
-        a = choose_addresser(CONFIG, RABBIT3)
-        queues = {pool: a.group_binding(T(topic=f"{topic}.info"), pool).queue
-                  for pool in groups}
+        queues = {pool: group_queue(pool) for pool in groups}
         for pool, members in groups.items():
-            assert wait_for_consumers(rabbit_node, [queues[pool]], count=len(members))
-        # Each group is a queue of its own, bound to amq.direct with the topic name.
-        assert queues[None].endswith("#") and queues["billing"].endswith("#billing")
-        bindings = rabbit_node.ctl("list_bindings", "-q", "source_name",
-                                   "destination_name", "routing_key")
-        for queue in queues.values():
-            assert f"amq.direct\t{queue}\t{queue.rsplit('#', 1)[0]}" in bindings
+            assert wait_for_consumers(node, [queues[pool]], count=len(members))
+        if check_queues is not None:
+            check_queues(queues)
         for n in range(1, 21):
             notifier.info({}, "compute.instance.create.end", {"n": n})
         everyone = [e for members in groups.values() for e in members]
@@ -605,13 +618,28 @@ def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, tran
         time.sleep(0.5)
         for pool, members in groups.items():
             seen = sorted(n for e in members for n in e.received)
-            # The group without a pool also has the one sent before it listened.
             assert seen == list(range(0 if pool is None else 1, 21)), pool
             assert all(e.received for e in members), pool
     finally:
         for listener in listeners:
             listener.stop()
             listener.wait()
+
+
+def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, transports,
+                                                   topic):
+    a = choose_addresser(CONFIG, RABBIT3)
+
+    def bound(queues):
+        # Each group is a queue of its own, bound to amq.direct with the topic name.
+        assert queues[None].endswith("#") and queues["billing"].endswith("#billing")
+        bindings = rabbit_node.ctl("list_bindings", "-q", "source_name",
+                                   "destination_name", "routing_key")
+        for queue in queues.values():
+            assert f"amq.direct\t{queue}\t{queue.rsplit('#', 1)[0]}" in bindings
+    each_group_gets_every_notification(
+        rabbit_node, pools_url(rabbit_node), transports, topic,
+        lambda pool: a.group_binding(T(topic=f"{topic}.info"), pool).queue, bound)
 
 
 def test_a_pool_queue_keeps_notifications_while_its_listeners_are_away(
