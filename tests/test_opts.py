@@ -71,8 +71,11 @@ def test_list_opts_for_the_config_generator():
     [(group, listed)] = opts.list_opts()
     assert group == "oslo_messaging_amqp"
     assert {o.name for o in listed} >= {"serializer", "pre_settled", "idle_timeout",
-                                        "notification_pools"}
-    assert len(listed) == 40      # the original's 38, serializer, notification_pools
+                                        "notification_pools", "rabbit_quorum_queue",
+                                        "rabbit_transient_queues_ttl"}
+    # The original's 38, serializer, notification_pools and the two RabbitMQ 4 queue
+    # options (named as the rabbit driver's).
+    assert len(listed) == 42
 
 
 def test_config_generator_entry_point():
