@@ -16,7 +16,9 @@ Drivers (``--only`` takes a comma-separated subset of these names):
               (scripts/setup-env-original makes it; it registers ``amqp://`` itself)
 * ``rabbit``  oslo.messaging 18.x's rabbit driver (``rabbit://``, AMQP 0-9-1) against a
               private RabbitMQ node (tests/rabbit.py) on free ports
-* ``c-rabbit`` fastamqp C engine over that RabbitMQ's AMQP 1.0 plugin
+* ``c-rabbit`` fastamqp C engine over that RabbitMQ's AMQP 1.0 plugin (3.x), or its
+              native AMQP 1.0 with ``--rabbitmq 4`` (a 4.x node from the Debian 13
+              chroot of scripts/rabbitmq4-chroot; both drivers on that one node)
 
 The amqp drivers (c, python, orig) all use the embedded intermediary, each mode in its
 own process (``python -m fastamqp.intermediary``): the router (qdrouterd emulation) for
@@ -234,22 +236,26 @@ class Intermediary:
 class Rabbit:
     """A private RabbitMQ node, via tests/rabbit.py (not modified, imported by path)."""
 
-    def __init__(self):
+    def __init__(self, generation=3):
         spec = importlib.util.spec_from_file_location(
             "fastamqp_e2e_rabbit", os.path.join(ROOT, "tests", "rabbit.py"))
         self.mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.mod)
-        why = self.mod.installed()
+        why = self.mod.installed() if generation < 4 else self.mod.chroot4_missing()
         if why:
             raise BenchError(why)
+        self.generation = generation
         self.dir = tempfile.mkdtemp(prefix="fastamqp-e2e-rabbit-")
-        self.node = self.mod.RabbitNode(self.dir)
+        self.node = self.mod.RabbitNode(
+            self.dir, root=self.mod.CHROOT4 if generation >= 4 else None)
 
     def start(self):
         self.node.start()
-        # Reply and fanout queues of AMQP 1.0 clients need an expiry (docs/rabbitmq.md).
-        self.node.ctl("set_policy", "--apply-to", "queues", "fastamqp-transient",
-                      r"^(fastamqp-reply\.|amq\.gen-)", '{"expires": 60000}')
+        if self.generation < 4:
+            # 3.x: reply and fanout queues of AMQP 1.0 clients need an expiry
+            # (docs/rabbitmq.md); on 4.x fastamqp declares them with one.
+            self.node.ctl("set_policy", "--apply-to", "queues", "fastamqp-transient",
+                          r"^(fastamqp-reply\.|amq\.gen-)", '{"expires": 60000}')
         self.version = self.node.ctl("version").strip()
         return self
 
@@ -265,7 +271,7 @@ class Rabbit:
     def stop(self):
         import shutil
         try:
-            self.node.stop()
+            self.node.remove()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -583,6 +589,10 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, help="interleaved rounds, best kept "
                     "(default 2, --quick 1)")
     ap.add_argument("--threads", type=int, default=10)
+    ap.add_argument("--rabbitmq", type=int, choices=(3, 4), default=3,
+                    help="the RabbitMQ of the rabbit and c-rabbit drivers: 3 the "
+                         "system's (Debian 12: 3.10, AMQP 1.0 plugin), 4 the Debian 13 "
+                         "chroot's (4.0.5, native AMQP 1.0)")
     ap.add_argument("--fanout-via", choices=("broker", "router"), default="broker",
                     help="intermediary for the amqp drivers' fanout (default broker, "
                          "as the earlier published runs)")
@@ -668,7 +678,7 @@ def main(argv=None):
             print("e2e: router pid %d %s, broker pid %d %s"
                   % (router.pid, router.url, broker.pid, broker.url), flush=True)
         if any(d in a.drivers for d in ("rabbit", "c-rabbit")):
-            rabbit = Rabbit()
+            rabbit = Rabbit(a.rabbitmq)
             t = time.monotonic()
             rabbit.start()
             print("e2e: RabbitMQ %s on 127.0.0.1:%d (started in %.1f s)"

@@ -396,19 +396,26 @@ class Connection(ControlPlane):
         self._current_index = index
         with self._subs_lock:
             self._generation = generation
-            self._peer = PeerInfo(host, container, props, mech,
-                                  TLSInfo(*tls) if tls is not None else None)
-            self._opened()
+            self._peer = peer = PeerInfo(host, container, props, mech,
+                                         TLSInfo(*tls) if tls is not None else None)
+        self._open_then(
+            index, peer,
+            lambda: self._generation == generation and not self._stopped.is_set(),
+            lambda: self._activate(generation, peer))
+
+    def _activate(self, generation, peer):
+        """Attach the links of this connection (the I/O thread waits for it)."""
+        with self._subs_lock:
             for sub in self._subs:
                 try:
-                    sub.refresh(self._peer)
+                    sub.refresh(peer)
                 except Exception:
                     LOG.exception("cannot work out the addresses of a subscription")
         named = None
         source = self._settings.reply_source
         if source is not None:
             try:
-                named = source(self._peer)
+                named = source(peer)
             except Exception:
                 LOG.exception("reply_source failed; asking for a dynamic reply address")
         self._engine.activate(generation, named)

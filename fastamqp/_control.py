@@ -99,6 +99,53 @@ class ControlPlane:
             self._refusals.clear()
             self._fatal = None
 
+    def _open_then(self, index, peer, still_current, activate):
+        """The peer's Open has arrived: run ``ConnectionSettings.prepare(peer)`` (the
+        RabbitMQ declarations), then ``activate()`` (attach the links). prepare runs on
+        a thread of its own -- a blocking network call must never hold an engine's
+        I/O or event thread -- and is tried again, with the reconnection back-off,
+        while it fails and the connection lasts (``still_current()``). The connection
+        counts as up (past refusals forgotten) only once prepare succeeded."""
+        prepare = self._settings.prepare
+        if prepare is None:
+            self._opened()
+            activate()
+            return
+
+        def run():
+            delay = self._settings.retry_interval
+            while still_current():
+                try:
+                    prepare(peer)
+                except Exception as exc:
+                    self._prepare_failed(index, peer.host, exc)
+                    if self._stopped.wait(delay):
+                        return
+                    delay = min(delay * self._settings.retry_backoff,
+                                self._settings.retry_interval_max)
+                    continue
+                if still_current():
+                    self._opened()
+                    activate()
+                return
+        threading.Thread(target=run, daemon=True,
+                         name=f"fastamqp prepare {self._settings.container_id}").start()
+
+    def _prepare_failed(self, index, host, exc):
+        if not isinstance(exc, exceptions.ConnectionFailed):
+            LOG.exception("preparing the connection to %r failed", host)
+            exc = exceptions.ConnectionFailed(
+                f"preparing the connection to {host!r} failed: {exc}")
+        if getattr(exc, "refused", False):
+            # Refused (a permission, a queue with other arguments): it will not
+            # pass by itself; wait_active says why instead of timing out.
+            self._refused(index, exc)
+        else:
+            LOG.warning("%s", exc)
+            self._error = exc
+            with self._status:
+                self._status.notify_all()
+
     def _set_active(self):
         with self._status:
             self._active.set()
@@ -118,26 +165,7 @@ class ControlPlane:
 
     # ---- SASL ----------------------------------------------------------------------
     def _sasl_props(self, host):
-        """SASL properties for ``host`` (its own user and password), in pyngus' terms;
-        the C engine reads the same keys."""
-        settings = self._settings
-        props = {}
-        mechs = " ".join(settings.sasl_mechanisms.upper().split())
-        if host.username:
-            props["x-username"] = host.username
-            props["x-password"] = host.password or ""
-        if mechs:
-            # pyngus also forbids PLAIN/ANONYMOUS unless one of them is listed.
-            props["x-sasl-mechs"] = mechs
-        elif not host.username and not settings.ssl_cert_file:
-            props["x-sasl-mechs"] = "ANONYMOUS"
-        if settings.sasl_config_dir:
-            props["x-sasl-config-dir"] = settings.sasl_config_dir
-        if settings.sasl_config_name:
-            props["x-sasl-config-name"] = settings.sasl_config_name
-        if not props:
-            props["x-force-sasl"] = True   # e.g. EXTERNAL with only a certificate
-        return props
+        return sasl_props(self._settings, host)
 
     def _sasl_failed(self, index, host, result, mech, description):
         """The SASL exchange with ``host`` ended with ``result`` (not OK)."""
@@ -169,16 +197,7 @@ class ControlPlane:
         return self._settings.ssl_peer_name or host.hostname
 
     def _ca_file(self):
-        if self._settings.ssl_ca_file:
-            return self._settings.ssl_ca_file
-        paths = ssl.get_default_verify_paths()
-        for candidate in (paths.cafile, paths.capath, paths.openssl_cafile,
-                          paths.openssl_capath):
-            if candidate and os.path.exists(candidate):
-                return candidate
-        raise exceptions.ConfigurationError(
-            "ssl is on but no CA certificates were found to verify the server with: "
-            "set ssl_ca_file")
+        return ca_file(self._settings)
 
     def _tls_props(self, host):
         """TLS properties in pyngus' terms, built for THIS host on every connection."""
@@ -228,6 +247,43 @@ class ControlPlane:
 
 
 _TLS_MARKERS = ("SSL Failure", "certificate verify failed", "SSL routines", "TLS")
+
+
+def sasl_props(settings, host):
+    """SASL properties for ``host`` (its own user and password), in pyngus' terms;
+    the C engine reads the same keys."""
+    props = {}
+    mechs = " ".join(settings.sasl_mechanisms.upper().split())
+    if host.username:
+        props["x-username"] = host.username
+        props["x-password"] = host.password or ""
+    if mechs:
+        # pyngus also forbids PLAIN/ANONYMOUS unless one of them is listed.
+        props["x-sasl-mechs"] = mechs
+    elif not host.username and not settings.ssl_cert_file:
+        props["x-sasl-mechs"] = "ANONYMOUS"
+    if settings.sasl_config_dir:
+        props["x-sasl-config-dir"] = settings.sasl_config_dir
+    if settings.sasl_config_name:
+        props["x-sasl-config-name"] = settings.sasl_config_name
+    if not props:
+        props["x-force-sasl"] = True   # e.g. EXTERNAL with only a certificate
+    return props
+
+
+def ca_file(settings):
+    """The CA certificates a TLS connection verifies the server with: ssl_ca_file,
+    else the system's."""
+    if settings.ssl_ca_file:
+        return settings.ssl_ca_file
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath, paths.openssl_cafile,
+                      paths.openssl_capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    raise exceptions.ConfigurationError(
+        "ssl is on but no CA certificates were found to verify the server with: "
+        "set ssl_ca_file")
 
 
 def is_tls_failure(text):

@@ -78,11 +78,36 @@ class Addresser:
             return self.unicast_address(target, service)
         return self.anycast_address(target, service)
 
-    def server_addresses(self, target, service=SERVICE_RPC):
-        """The three addresses an RPC server listening on ``target`` subscribes to."""
+    def server_addresses(self, target, service=SERVICE_RPC, token=None):
+        """The three addresses an RPC server listening on ``target`` subscribes to.
+        ``token`` names queues of one connection's own where the syntax has them
+        (fastamqp.rabbitmq)."""
         return [self.unicast_address(target, service),
                 self.multicast_address(target, service),
                 self.anycast_address(target, service)]
+
+    # ---- queues the client declares itself (RabbitMQ: fastamqp.rabbitmq) -----------
+    def server_queues(self, target, token, service=SERVICE_RPC):
+        """The queues to declare before an RPC server on ``target`` subscribes:
+        none, unless the peer needs clients to declare them."""
+        return []
+
+    def notification_queues(self, targets, pool=None, pools=False):
+        """The queues to declare for notification listeners (and notifiers)."""
+        return []
+
+    def notification_source(self, target):
+        """What a notification listener without pools consumes from."""
+        return self.resolve(target, SERVICE_NOTIFY)
+
+    def reply_to(self, address):
+        """The reply-to of requests whose replies arrive on source ``address``."""
+        return address
+
+    def heartbeat_payload(self, payload):
+        """A call-monitor heartbeat (a message without a body) as this peer takes
+        it: unchanged, unless the peer needs a body (fastamqp.rabbitmq)."""
+        return payload
 
     # ---- notification pools (the module docstring) --------------------------------
     def notification_topic(self, target):

@@ -97,6 +97,15 @@ def _classify_connection_error(exc, hosts, tls):
     from fastamqp import exceptions
     text = str(exc)
     lower = text.lower()
+    if isinstance(exc, exceptions.DeclarationError):
+        return CheckFailed(
+            EXIT_REJECTED if exc.refused else EXIT_UNREACHABLE,
+            "RabbitMQ refused a declaration" if exc.refused else
+            "RabbitMQ's management node did not answer", text,
+            "fastamqp declares its queues and bindings itself on RabbitMQ 4: the user "
+            "needs configure, write and read permission on them in the virtual host "
+            "(rabbitmqctl set_permissions), and a queue that exists already must have "
+            "the same type and arguments (rabbit_quorum_queue)" if exc.refused else "")
     if isinstance(exc, exceptions.AuthenticationError):
         return CheckFailed(EXIT_AUTH, "authentication failed", text,
                            "check the user name and password in the URL, "
@@ -222,8 +231,9 @@ def _sasl_line(conn, host, settings):
     return f"{guess}; {who}; allowed: {allowed}"
 
 
-def _probe(conn, serializer, timeout):
-    """Send one message to the connection's own reply address and time it back."""
+def _probe(conn, serializer, timeout, reply_to=lambda address: address):
+    """Send one message to the connection's own reply address (as a server would
+    reply: to the requests' reply-to) and time it back."""
     from fastamqp import codec, exceptions
     from fastamqp.interface import Outcome
 
@@ -240,6 +250,7 @@ def _probe(conn, serializer, timeout):
                                  serializer=serializer)
     waiter = conn.expect_reply(message_id)
     start = time.perf_counter()
+    address = reply_to(address)
     try:
         result = conn.send(address, payload, presettled=False, deadline=deadline, retry=0)
     except exceptions.SendTimeout as exc:
@@ -294,9 +305,24 @@ def run(args, out=sys.stdout):
     line("engine", f"{kind} (codec: {engine.engine_name()})" if kind != engine.engine_name()
          else kind)
     settings = conn._settings
+    declarer = drv._declarers.get(conn)
+
+    def declarations():
+        """What fastamqp declared on RabbitMQ for this connection, and what not."""
+        for spec, outcome in (declarer.log if declarer is not None else []):
+            what = "transient" if spec.transient else (
+                "quorum" if drv.options.rabbit_quorum_queue else "classic")
+            binds = ", ".join(f"{x}/{k}" for x, k in spec.bindings)
+            line("declared" if outcome == "declared" else "NOT declared",
+                 f"queue {spec.name} ({what}{'; bound ' + binds if binds else ''})"
+                 + ("" if outcome == "declared" else f": {outcome}"))
     try:
         start = time.perf_counter()
-        peer = _wait_active(conn, hosts, settings, args.timeout)
+        try:
+            peer = _wait_active(conn, hosts, settings, args.timeout)
+        except CheckFailed:
+            declarations()
+            raise
         connected = time.perf_counter() - start
         line("connected", f"{_where(peer.host)} in {connected * 1000:.1f} ms "
                           f"(container {peer.container_id})")
@@ -341,8 +367,10 @@ def run(args, out=sys.stdout):
                 line("  expires", cert["not_after"])
         else:
             line("TLS", "off")
+        declarations()
         if not args.no_probe:
-            address, took, size = _probe(conn, drv.serializer, args.timeout)
+            address, took, size = _probe(conn, drv.serializer, args.timeout,
+                                         addresser.reply_to)
             line("reply address", address)
             line("round trip", f"{took * 1000:.2f} ms ({size}-byte probe to the reply "
                                f"address and back)")

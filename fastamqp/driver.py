@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 
 import oslo_messaging
 from oslo_messaging import exceptions as om_exceptions
@@ -50,6 +51,12 @@ HEARTBEAT_SEND_TIMEOUT = 5.0
 # consumer", which the rabbit driver reports at once (mandatory flag) rather than
 # after the whole RPC timeout (60 s by default).
 AT_LEAST_ONCE_CREDIT_WAIT = 5.0
+
+# How long listen() waits for a first connection to RabbitMQ, so that a refused
+# declaration (a missing permission) fails the listen naming the cause; when the
+# broker is just not there yet, the listener is made all the same and the queues
+# are declared once it is.
+LISTEN_DECLARE_WAIT = 5.0
 
 
 class NotificationPoolsUnsupported(om_exceptions.ConfigurationError,
@@ -129,11 +136,12 @@ class IncomingMessage(base.RpcIncomingMessage):
             return
         driver = self._listener.driver
         try:
-            payload = codec.encode_heartbeat(self._reply_to, self._correlation_id,
-                                             self.client_timeout)
-            driver.connection().send(self._reply_to, payload, presettled=True,
-                                     deadline=time.monotonic() + HEARTBEAT_SEND_TIMEOUT,
-                                     retry=0)
+            conn = driver.connection()
+            payload = driver._addresser(conn.peer).heartbeat_payload(
+                codec.encode_heartbeat(self._reply_to, self._correlation_id,
+                                       self.client_timeout))
+            conn.send(self._reply_to, payload, presettled=True,
+                      deadline=time.monotonic() + HEARTBEAT_SEND_TIMEOUT, retry=0)
         except Exception as exc:  # oslo: heartbeat() must not raise
             LOG.debug("call-monitor heartbeat to %s failed: %s", self._reply_to, exc)
 
@@ -259,7 +267,11 @@ class ProtonDriver(base.BaseDriver):
         # connection, as (exchange, topic, pool): a link name may be used once per
         # connection, so a second listener of a group gets a connection of its own.
         self._group_links = set()
-        self._declared = {}   # RabbitMQ group queue -> the peer it was declared on
+        # RabbitMQ: what each engine connection declares (fastamqp.rabbitmq.Declarer).
+        self._declarers = weakref.WeakKeyDictionary()
+        self._queue_options = rabbitmq.QueueOptions(
+            quorum=self.options.rabbit_quorum_queue,
+            transient_ttl=self.options.rabbit_transient_queues_ttl)
 
     # ---- the connection, made on first use and again after a fork -------------
     def connection(self):
@@ -281,11 +293,16 @@ class ProtonDriver(base.BaseDriver):
 
     def _new_connection(self):
         """A started engine connection for this transport's URL and options."""
-        connection = engine.Connection(self._hosts, self._connection_settings())
+        declarer = rabbitmq.Declarer(self._addresser, self._queue_options,
+                                     rabbitmq.ReplySource(self._addressing))
+        settings = self._connection_settings(declarer)
+        declarer.settings = settings
+        connection = engine.Connection(self._hosts, settings)
+        self._declarers[connection] = declarer
         connection.start()
         return connection
 
-    def _connection_settings(self):
+    def _connection_settings(self, declarer=None):
         """Made afresh for each connection: its reply queue name (RabbitMQ) and the
         pid in its Open properties are its own."""
         conf = self.options
@@ -302,9 +319,11 @@ class ProtonDriver(base.BaseDriver):
             sender_link_timeout=conf.default_sender_link_timeout,
             reply_link_credit=conf.reply_link_credit,
             send_window=conf.send_window,
-            # A named reply queue of this connection's own on RabbitMQ 3.x
-            # (no dynamic sources there); dynamic elsewhere.
-            reply_source=rabbitmq.ReplySource(self._addressing),
+            # A named reply queue of this connection's own on RabbitMQ (no dynamic
+            # sources on 3.x and 4.0); dynamic elsewhere. On RabbitMQ 4 the queues
+            # the links name are declared first (fastamqp.rabbitmq).
+            reply_source=declarer.reply_source if declarer else None,
+            prepare=declarer.prepare if declarer else None,
             trace=conf.trace,
             sasl_mechanisms=conf.sasl_mechanisms,
             sasl_config_dir=conf.sasl_config_dir or None,
@@ -362,7 +381,8 @@ class ProtonDriver(base.BaseDriver):
             waiter = None
             try:
                 if wait_for_reply:
-                    reply_to = conn.reply_address(deadline)
+                    reply_to = self._addresser(conn.peer).reply_to(
+                        conn.reply_address(deadline))
                     message_id = codec.new_message_id()
                     waiter = conn.expect_reply(message_id)
                     payload = codec.encode_request(
@@ -479,9 +499,11 @@ class ProtonDriver(base.BaseDriver):
         addresser = self._addresser(conn.peer)
         if self.options.notification_pools:
             address = addresser.notification_topic(target)
-            self._declare_groups(conn.peer, addresser, [target], None, notifier=True)
         else:
             address = addresser.resolve(target, addressing.SERVICE_NOTIFY)
+        # RabbitMQ: the group without a pool (or on 4.x the topic's queue) exists
+        # before the first notification, as the rabbit driver declares its queue.
+        self._declare_for_notifier(conn, target)
         payload = codec.encode_notification(address, message, ctxt, version,
                                             serializer=self.serializer)
         budget = None if retry is None or retry < 0 else retry
@@ -508,12 +530,44 @@ class ProtonDriver(base.BaseDriver):
     # ---- listening ------------------------------------------------------------
     def listen(self, target, batch_size, batch_timeout):
         conn = self.connection()
+        plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.server_queues(
+            target, token, addressing.SERVICE_RPC))
 
         def addresses(peer):
-            return self._addresser(peer).server_addresses(target, addressing.SERVICE_RPC)
-        subscription = conn.subscribe(addresses, self.options.rpc_server_credit)
-        return base.PollStyleListenerAdapter(Listener(self, subscription), batch_size,
-                                             batch_timeout)
+            return self._addresser(peer).server_addresses(
+                target, addressing.SERVICE_RPC, token=plan.token(peer))
+        subscription, release = self._subscribe(conn, plan, addresses,
+                                                self.options.rpc_server_credit)
+        return base.PollStyleListenerAdapter(
+            Listener(self, subscription, on_detach=release), batch_size, batch_timeout)
+
+    def _subscribe(self, conn, plan, addresses, credit):
+        """conn.subscribe(), with ``plan``'s queues declared before the links attach
+        (RabbitMQ): now for the current peer from this thread, and by the engine's
+        prepare step on every later connection. A refusal fails the listen, naming
+        the cause. Returns the subscription and what undoes the plan."""
+        declarer = self._declarers.get(conn)
+        if declarer is None:
+            return conn.subscribe(addresses, credit), None
+        declarer.add(plan)
+        try:
+            if conn.peer is None:
+                # A first connection: its prepare step declares the plan, and says
+                # why if the broker refuses (every host refusing is raised at once).
+                try:
+                    conn.wait_active(LISTEN_DECLARE_WAIT)
+                except exceptions.DeclarationError:
+                    raise
+                except exceptions.ConnectionFailed:
+                    pass
+            declarer.ensure(conn.peer, plan)
+        except exceptions.DeclarationError as exc:
+            if exc.refused:
+                declarer.discard(plan)
+                raise om_exceptions.MessagingException(str(exc)) from None
+            # Not reachable now: the engine's prepare step declares them when it is.
+            LOG.warning("%s", exc)
+        return conn.subscribe(addresses, credit), lambda: declarer.discard(plan)
 
     def listen_for_notifications(self, targets_and_priorities, pool, batch_size,
                                  batch_timeout):
@@ -528,13 +582,17 @@ class ProtonDriver(base.BaseDriver):
                                         exchange=t.exchange)
                   for t, priority in targets_and_priorities]
         conn = self.connection()
+        plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+            topics, pool, pools))
         if not pools:
             def addresses(peer):
                 addresser = self._addresser(peer)
-                return [addresser.resolve(t, addressing.SERVICE_NOTIFY) for t in topics]
-            subscription = conn.subscribe(addresses, self.options.notify_server_credit)
-            return base.PollStyleListenerAdapter(Listener(self, subscription),
-                                                 batch_size, batch_timeout)
+                return [addresser.notification_source(t) for t in topics]
+            subscription, release = self._subscribe(conn, plan, addresses,
+                                                    self.options.notify_server_credit)
+            return base.PollStyleListenerAdapter(
+                Listener(self, subscription, on_detach=release), batch_size,
+                batch_timeout)
 
         default = (self._addressing.default_notification_exchange
                    or self._addressing.default_exchange)
@@ -545,43 +603,46 @@ class ProtonDriver(base.BaseDriver):
                 self._group_links |= groups
         own = self._new_connection() if shared else None
 
-        def release():
-            with self._lock:
-                self._group_links -= groups
-
         def sources(peer):
+            # On RabbitMQ the group queues are declared again on every connection
+            # (the Declarer): a restarted 3.x broker has lost them (not durable).
             addresser = self._addresser(peer)
-            # On RabbitMQ the group queues are declared again on every connection: a
-            # restarted broker has lost them (they are not durable).
-            self._declare_groups(peer, addresser, topics, pool, notifier=False)
             return [addresser.notification_group(t, pool) for t in topics]
-        subscription = (own or conn).subscribe(sources, self.options.notify_server_credit)
-        listener = Listener(self, subscription, connection=own,
-                            on_detach=None if shared else release)
+        try:
+            subscription, undeclare = self._subscribe(
+                own or conn, plan, sources, self.options.notify_server_credit)
+        except Exception:
+            if not shared:
+                with self._lock:
+                    self._group_links -= groups
+            if own is not None:
+                own.close()
+            raise
+
+        def release():
+            if undeclare is not None:
+                undeclare()
+            if not shared:
+                with self._lock:
+                    self._group_links -= groups
+        listener = Listener(self, subscription, connection=own, on_detach=release)
         return base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
 
-    def _declare_groups(self, peer, addresser, targets, pool, notifier):
-        """RabbitMQ only: declare and bind the group queues (fastamqp.rabbitmq). The
-        notifier declares the group without a pool once per connection; a listener
-        its own group on every connection."""
-        if not hasattr(addresser, "group_binding"):
-            return      # qpidd-like brokers make shared subscriptions themselves
-        bindings = [addresser.group_binding(t, pool) for t in targets]
-        if notifier:
-            bindings = [b for b in bindings if self._declared.get(b.queue) is not peer]
-            if not bindings:
-                return
-        try:
-            rabbitmq.declare_groups(peer.host, bindings, self._connection_settings())
-        except ConnectionError as exc:
-            if notifier:
-                raise om_exceptions.MessageDeliveryFailure(str(exc)) from None
-            # The links attach all the same (a queue a previous run declared and
-            # bound still works); the error names what may be missing.
-            LOG.error("%s", exc)
+    def _declare_for_notifier(self, conn, target):
+        """RabbitMQ: the queue a notification to ``target`` is kept in until a
+        listener takes it -- with pools the group without a pool, on 4.x the topic's
+        queue -- declared once per connection (fastamqp.rabbitmq.Declarer). A failure
+        fails the send, naming the queue and the cause."""
+        declarer = self._declarers.get(conn)
+        if declarer is None:
             return
-        if notifier:
-            self._declared.update((b.queue, peer) for b in bindings)
+        pools = self.options.notification_pools
+        plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+            [target], None, pools))
+        try:
+            declarer.ensure(conn.peer, plan)
+        except exceptions.DeclarationError as exc:
+            raise om_exceptions.MessageDeliveryFailure(str(exc)) from None
 
     def statistics(self):
         """What this transport's connection did with confirmed casts and

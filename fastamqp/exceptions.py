@@ -62,3 +62,18 @@ class CallMonitorTimeout(ReplyTimeout):
 
 class EngineClosed(FastAmqpError):
     """The connection engine was closed while the operation was waiting."""
+
+
+class DeclarationError(ConnectionFailed):
+    """RabbitMQ did not declare a queue or binding fastamqp needs (fastamqp.rabbitmq).
+
+    ``refused`` is True when the broker said no (a missing permission, a queue that
+    exists with other arguments, an unknown virtual host): trying again will not help
+    until the operator changes something. False: the request did not get through
+    (no connection, a timeout).
+    """
+
+    def __init__(self, message, refused=False, status=None):
+        super().__init__(message)
+        self.refused = refused
+        self.status = status

@@ -74,6 +74,12 @@ class ConnectionSettings:
     # returning an address: a receiver on that named source, for peers without
     # dynamic sources (RabbitMQ). Called again on every (re)connection.
     reply_source: Optional[Callable[["PeerInfo"], Optional[str]]] = None
+    # Called on every (re)connection once the peer's Open has arrived and before any
+    # link attaches (RabbitMQ 4: declaring the queues the links name), on a thread of
+    # its own, never the I/O thread; links wait until it returns. While it raises,
+    # the engine tries again with the reconnection back-off; an exception with a true
+    # ``refused`` attribute is what wait_active raises meanwhile.
+    prepare: Optional[Callable[["PeerInfo"], None]] = None
     trace: bool = False
     # SASL. The user name and password come from each Host (the driver has already
     # appended sasl_default_realm to user names without a realm).

@@ -192,6 +192,20 @@ fastamqp_opts = [
                      "queues declared over AMQP 0-9-1 on the same port). Off: the "
                      "original driver's layout (one queue per topic, listeners "
                      "compete) and a pool is refused."),
+    # RabbitMQ 4.x: the queues fastamqp declares itself (fastamqp.rabbitmq), with the
+    # rabbit driver's option meanings (docs/rabbitmq.md lists them side by side).
+    cfg.BoolOpt("rabbit_quorum_queue", default=False,
+                help="RabbitMQ 4.x: declare the shared queues (RPC topics and servers, "
+                     "notifications, notification pools) as quorum queues, replicated "
+                     "over the cluster, as the rabbit driver's option of the same name "
+                     "does. The queues must not exist already as classic queues "
+                     "(RabbitMQ refuses to redeclare a queue with another type: delete "
+                     "them first). Reply and fanout queues stay classic."),
+    cfg.IntOpt("rabbit_transient_queues_ttl", default=1800, min=1,
+               help="RabbitMQ 4.x: seconds a reply or fanout queue (one per connection, "
+                    "declared by fastamqp) lives on unused after its client is gone "
+                    "(the queue argument x-expires), as the rabbit driver's option of "
+                    "the same name."),
 ]
 
 ALL_OPTS = amqp1_opts + fastamqp_opts

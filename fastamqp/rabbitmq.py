@@ -1,8 +1,8 @@
-"""Addresses for RabbitMQ, which names AMQP 1.0 nodes after its own queues and exchanges.
+"""RabbitMQ: its addresses, and the queues fastamqp declares on it.
 
 RabbitMQ does not route arbitrary address strings (qdrouterd) or create a queue per
 pattern (qpidd): an address names a queue, or an exchange plus a routing key. Two
-syntaxes exist, chosen from the peer's Open ``version`` property:
+generations, told apart by the peer's Open ``version`` property:
 
 * 3.x, the ``rabbitmq_amqp1_0`` plugin ("v1" addresses; only ``%2F`` is unescaped):
     ``/queue/Q``        target: declare queue Q (if missing) and publish to it;
@@ -11,8 +11,10 @@ syntaxes exist, chosen from the peer's Open ``version`` property:
                         source: declare a server-named queue (``amq.gen-...``), bind
                         it to X with K and consume from it: each link its own copy
 * 4.x, native AMQP 1.0 ("v2" addresses, each part percent-encoded, RFC 3986):
-    ``/queues/Q`` and ``/exchanges/X/K``; nothing is declared or bound for the
-    client (see docs/rabbitmq.md for what that means).
+    ``/queues/Q`` and ``/exchanges/X/K``. Nothing is declared for a link, and a link
+    to a missing queue is refused by ending the whole session (every link of it), so
+    fastamqp declares what it uses itself, through the broker's AMQP 1.0 management
+    node (fastamqp.rabbitmq_mgmt), before the links attach (:class:`Declarer`).
 
 The names are the routable addresses of fastamqp.addressing (so rpc_address_prefix,
 notify_address_prefix, the multicast/unicast/anycast tags and the exchanges all apply):
@@ -24,35 +26,52 @@ notify_address_prefix, the multicast/unicast/anycast tags and the exchanges all 
     notification              queue
                               openstack.org/om/notify/anycast/openstack/notifications.info
 
-Fanout goes through ``amq.direct`` (present on every virtual host; exact-match keys,
-so no topic character is ever a wildcard): every RPC server's link gets its own queue
-bound to it, so every server gets each fanout message. Anycast, direct and
-notification queues are shared, so their consumers compete.
+On 3.x messages go to the queues (``/queue/Q``, which declares them), fanout to
+``amq.direct`` (each server's ``/exchange`` link gets a private queue bound to it).
+
+On 4.x every message goes to ``amq.direct`` (``/exchanges/amq.direct/<name>``), never
+to a queue address: a target that names a missing queue would end the sender's session
+(a reply to a client that has gone, a cast to a server that never ran), while an
+exchange always exists and answers ``released`` for a message no queue is bound for.
+Each queue fastamqp declares is bound to amq.direct with its own name; an RPC server's
+fanout queue, one per server and connection, with the multicast name. Shared queues
+(anycast, per server, notifications, notification pools) are durable, classic or
+quorum (option rabbit_quorum_queue); a connection's own queues (replies, fanout) are
+auto-delete and expire when unused (rabbit_transient_queues_ttl, x-expires).
 
 Notification pools (option ``notification_pools``): RabbitMQ ignores the ``shared``
 source capability (each ``/exchange`` receiver gets a private queue), so a consumer
 group is a queue of its own, ``<topic name>#<pool>``, bound to amq.direct with the
 topic name as routing key; the notifier publishes to amq.direct with that key. AMQP 1.0
 can neither declare nor bind such a queue on 3.x, so fastamqp does it over AMQP 0-9-1
-on the same port with the same credentials (:func:`declare_groups`): the listener for
-its own group on every (re)connection, the notifier for the group without a pool
-before its first notification to a topic (as the rabbit driver declares the default
-notification queue), so nothing sent before the first listener starts is lost.
+on the same port with the same credentials (:func:`declare_groups`); on 4.x through the
+management node like every other queue.
 
 Replies: RabbitMQ 3.x has no dynamic sources, so each connection consumes from a named
 queue of its own, ``fastamqp-reply.<uuid>`` (:class:`ReplySource`). The 3.x plugin
 declares every queue non-exclusive and not auto-delete (whatever the link asks), so
 these queues and the ``amq.gen-`` fanout queues outlive their client unless the
-operator gives them an expiry policy (TRANSIENT_QUEUE_PATTERN, docs/rabbitmq.md).
+operator gives them an expiry policy (TRANSIENT_QUEUE_PATTERN, docs/rabbitmq.md). On
+4.x fastamqp declares the reply queue itself (auto-delete, x-expires), a new one on
+every connection, and its requests name ``/exchanges/amq.direct/<reply queue>`` as
+reply-to, so a late reply to a client that has gone is released, never a session end.
+
+Declarations never run on an engine's I/O thread: the engines call
+``ConnectionSettings.prepare`` (:meth:`Declarer.prepare`) from a thread of their own
+once the peer's Open has arrived and attach no link before it returns; a listener
+declares its queues from the caller's thread before it subscribes, a notifier before
+its first notification to a topic on each connection.
 """
 import collections
+import dataclasses
 import logging
 import re
 import ssl
+import threading
 import uuid
 from urllib.parse import quote
 
-from fastamqp import addressing
+from fastamqp import addressing, exceptions
 
 LOG = logging.getLogger(__name__)
 
@@ -64,6 +83,9 @@ REPLY_QUEUE_PREFIX = "fastamqp-reply."
 # The queues that must not outlive their client: for an operator policy with "expires".
 TRANSIENT_QUEUE_PATTERN = r"^(fastamqp-reply\.|amq\.gen-)"
 GROUP_EXCHANGE = "amq.direct"         # notification pools (module docstring)
+DIRECT_EXCHANGE = "amq.direct"        # 4.x: where every message is sent
+# An AMQP 1.0 data section (descriptor 0x75) holding zero bytes.
+EMPTY_DATA_SECTION = b"\x00\x53\x75\xa0\x00"
 DECLARE_TIMEOUT = 10.0
 
 # A notification consumer group's queue and how it is bound.
@@ -114,6 +136,43 @@ def v2_exchange(exchange, key):
     return f"/exchanges/{quote(exchange, safe='')}/{quote(key, safe='')}"
 
 
+@dataclasses.dataclass(frozen=True)
+class QueueSpec:
+    """A queue fastamqp declares, and its bindings ((exchange, key), ...).
+
+    ``transient``: a queue of one connection's own (replies, an RPC server's fanout
+    queue): auto-delete, and it expires when unused. Otherwise shared by every client of
+    a topic (QueueOptions decide its type)."""
+
+    name: str
+    transient: bool = False
+    bindings: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueOptions:
+    """How declared queues are made (the rabbit driver's option names, opts.py)."""
+
+    quorum: bool = False                 # rabbit_quorum_queue: shared queues
+    transient_ttl: int = 1800            # rabbit_transient_queues_ttl, seconds
+
+    def declaration(self, spec):
+        """The management node's queue properties for ``spec`` (4.x)."""
+        if spec.transient:
+            # Durable all the same: RabbitMQ 4 deprecates non-durable, non-exclusive
+            # queues (transient_nonexcl_queues), and exclusive would tie the queue to
+            # the management connection that declared it.
+            return {"durable": True, "exclusive": False, "auto_delete": True,
+                    "arguments": {"x-queue-type": "classic",
+                                  "x-expires": int(self.transient_ttl * 1000)}}
+        return {"durable": True, "exclusive": False, "auto_delete": False,
+                "arguments": {"x-queue-type": "quorum" if self.quorum else "classic"}}
+
+
+def _bound(name, key=None):
+    return ((DIRECT_EXCHANGE, name if key is None else key),)
+
+
 class RabbitMQAddresser(addressing.Addresser):
     """RabbitMQ queue and exchange addresses (module docstring); ``version`` 2 for
     RabbitMQ 4.x, 1 for 3.x (and when the peer gives no version)."""
@@ -132,35 +191,74 @@ class RabbitMQAddresser(addressing.Addresser):
     def for_peer(cls, config, peer_properties, vhost=None):
         return cls(config, vhost, version=2 if uses_v2(peer_properties) else 1)
 
+    def _target(self, name):
+        """Where a message for queue ``name`` goes (module docstring)."""
+        if self.version >= 2:
+            return v2_exchange(DIRECT_EXCHANGE, name)
+        return v1_queue(name)
+
     def multicast_address(self, target, service=addressing.SERVICE_RPC):
         return self._exchange(FANOUT_EXCHANGE,
                               self._names.multicast_address(target, service))
 
     def unicast_address(self, target, service=addressing.SERVICE_RPC):
-        return self._queue(self._names.unicast_address(target, service))
+        return self._target(self._names.unicast_address(target, service))
 
     def anycast_address(self, target, service=addressing.SERVICE_RPC):
-        return self._queue(self._names.anycast_address(target, service))
+        return self._target(self._names.anycast_address(target, service))
 
-    def fanout_subscription(self, target, service=addressing.SERVICE_RPC):
-        """Where a server receives fanout messages. v1: the exchange address itself
-        (the plugin makes the link a private queue bound to it). v2 sources must be
-        queues: one per server, ``<multicast name>/<server>``, which has to be
-        declared and bound to amq.direct with the multicast name beforehand."""
+    # ---- RPC servers ----------------------------------------------------------------
+    def server_queues(self, target, token, service=addressing.SERVICE_RPC):
+        """4.x: the queues of an RPC server on ``target`` -- its own, a fanout queue
+        of this connection's own (``token``), the topic's shared one. 3.x: none (the
+        plugin declares what a link names)."""
+        if self.version < 2:
+            return []
+        names = self._names
+        multicast = names.multicast_address(target, service)
+        fanout = f"{multicast}/{target.server}" if target.server else multicast
+        return [QueueSpec(names.unicast_address(target, service),
+                          bindings=_bound(names.unicast_address(target, service))),
+                QueueSpec(f"{fanout}.{token}", transient=True,
+                          bindings=_bound(None, multicast)),
+                QueueSpec(names.anycast_address(target, service),
+                          bindings=_bound(names.anycast_address(target, service)))]
+
+    def server_addresses(self, target, service=addressing.SERVICE_RPC, token=None):
+        """v1: the server's queue, the exchange address itself for fanout (the plugin
+        makes the link a private queue bound to it) and the shared queue. v2: sources
+        must be queues, so the three queues of server_queues()."""
         if self.version >= 2:
-            name = self._names.multicast_address(target, service)
-            return self._queue(f"{name}/{target.server}" if target.server else name)
-        return self.multicast_address(target, service)
+            return [self._queue(q.name) for q in self.server_queues(target, token,
+                                                                    service)]
+        return [self._queue(self._names.unicast_address(target, service)),
+                self.multicast_address(target, service),
+                self._queue(self._names.anycast_address(target, service))]
 
-    def server_addresses(self, target, service=addressing.SERVICE_RPC):
-        return [self.unicast_address(target, service),
-                self.fanout_subscription(target, service),
-                self.anycast_address(target, service)]
+    # ---- notifications ----------------------------------------------------------------
+    def notification_queues(self, targets, pool=None, pools=False):
+        """The queues notification listeners of ``targets`` (and their notifiers)
+        need: with pools, each group's queue (3.x: declared over AMQP 0-9-1); without,
+        on 4.x, each topic's shared queue."""
+        if pools:
+            return [self.group_queue(t, pool) for t in targets]
+        if self.version < 2:
+            return []
+        names = [self._names.anycast_address(t, addressing.SERVICE_NOTIFY)
+                 for t in targets]
+        return [QueueSpec(name, bindings=_bound(name)) for name in names]
+
+    def notification_source(self, target):
+        return self._queue(self._names.anycast_address(target, addressing.SERVICE_NOTIFY))
 
     # ---- notification pools (module docstring) ------------------------------------
     def group_binding(self, target, pool):
         key = self._names.multicast_address(target, addressing.SERVICE_NOTIFY)
         return GroupBinding(addressing.group_name(key, pool), GROUP_EXCHANGE, key)
+
+    def group_queue(self, target, pool):
+        binding = self.group_binding(target, pool)
+        return QueueSpec(binding.queue, bindings=((binding.exchange, binding.key),))
 
     def notification_topic(self, target):
         binding = self.group_binding(target, None)
@@ -169,28 +267,181 @@ class RabbitMQAddresser(addressing.Addresser):
     def notification_group(self, target, pool):
         return self._queue(self.group_binding(target, pool).queue)
 
+    # ---- replies ---------------------------------------------------------------------
+    def heartbeat_payload(self, payload):
+        """4.x: RabbitMQ 4.0 fails a message without a body section by ending the
+        sender's session (function_clause in mc_amqp), so a heartbeat carries an empty
+        data section, which both engines read as a heartbeat (as from 3.x, which adds
+        one itself)."""
+        if self.version >= 2:
+            return payload + EMPTY_DATA_SECTION
+        return payload
+
+    def reply_to(self, address):
+        """4.x: the reply-to for replies arriving on queue ``address`` (ReplySource):
+        through amq.direct, to which the reply queue is bound with its name."""
+        if self.version >= 2 and address.startswith("/queues/" + REPLY_QUEUE_PREFIX):
+            return f"/exchanges/{DIRECT_EXCHANGE}/{address[len('/queues/'):]}"
+        return address
+
+
+class QueuePlan:
+    """The queues one subscription (or notifier) needs, for the peer of the moment.
+
+    ``specs_for(addresser, token)`` gives them; ``token`` is new for every connection
+    (every PeerInfo), so a queue of a connection's own gets a fresh name each time: a
+    classic queue on a cluster node that died cannot be declared again elsewhere."""
+
+    def __init__(self, specs_for):
+        self._specs_for = specs_for
+        self._last = (None, None)          # (peer, token); the peer object itself
+
+    def token(self, peer):
+        last, token = self._last
+        if token is None or last is not peer:
+            token = uuid.uuid4().hex[:12]
+            self._last = (peer, token)
+        return token
+
+    def specs(self, peer, addresser):
+        return self._specs_for(addresser, self.token(peer))
+
 
 class ReplySource:
     """``ConnectionSettings.reply_source`` for one driver connection.
 
     For a RabbitMQ 3.x peer: the v1 address of this connection's own reply queue. The
     name is made once, so a reconnection consumes from the same queue (replies that
-    arrived meanwhile are not lost). For RabbitMQ 4.x and every other peer: None, a
-    dynamic source (4.1 and later create an exclusive queue for a dynamic source with
-    the ``temporary-queue`` capability, deleted with the link).
+    arrived meanwhile are not lost). For RabbitMQ 4.x: the v2 address of a reply queue
+    the Declarer declares, a new one per connection (module docstring; requests name
+    it through amq.direct, RabbitMQAddresser.reply_to). Every other peer: None, a
+    dynamic source.
+
+    4.x also offers replies without a declared queue -- 4.1 a dynamic source with the
+    ``temporary-queue`` capability (an exclusive queue deleted with the link), 4.2
+    Direct Reply-To (``rabbitmq:volatile-queue``) -- but both give a ``/queues/...``
+    reply address, and a responder's link to one whose requester has gone is refused
+    (4.1 by ending the responder's session). A declared queue bound to amq.direct
+    works on every 4.x the same way, and is what 4.0 needs anyway.
     """
 
     def __init__(self, config, name=None):
         self._config = config
         self.queue = name or f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}"
+        self._plan = QueuePlan(self._specs)
+
+    def _specs(self, addresser, token):
+        name = f"{self.queue}.{token}"
+        return [QueueSpec(name, transient=True, bindings=_bound(name))]
+
+    def applies(self, properties):
+        return wanted(self._config, properties) or is_rabbitmq(properties)
+
+    def specs(self, peer):
+        """The reply queue to declare for ``peer`` (4.x only)."""
+        properties = peer.properties if peer is not None else {}
+        if not (self.applies(properties) and uses_v2(properties)):
+            return []
+        return self._plan.specs(peer, None)
 
     def __call__(self, peer):
         properties = peer.properties if peer is not None else {}
-        if not (wanted(self._config, properties) or is_rabbitmq(properties)):
+        if not self.applies(properties):
             return None
         if uses_v2(properties):
-            return None
+            return v2_queue(self.specs(peer)[0].name)
         return v1_queue(self.queue)
+
+
+class Declarer:
+    """What one driver connection declares on RabbitMQ, and when (module docstring).
+
+    ``addresser_for(peer)`` is the driver's addresser choice. Plans are added by
+    listeners (and removed when they stop); :meth:`prepare` is the engine's
+    ``ConnectionSettings.prepare`` and declares the reply queue and every plan's
+    queues on each new connection; :meth:`ensure` declares one plan now, from the
+    caller's thread. Declaring is idempotent; what was declared on a peer is not
+    asked again on it. ``settings`` (the connection's ConnectionSettings: SASL, TLS,
+    virtual host) is set once the settings exist.
+    """
+
+    def __init__(self, addresser_for, options, reply_source, timeout=DECLARE_TIMEOUT):
+        self._addresser_for = addresser_for
+        self._options = options
+        self.reply_source = reply_source
+        self._timeout = timeout
+        self.settings = None
+        self._plans = []
+        self._lock = threading.Lock()
+        self._done = (None, frozenset())    # (peer, QueueSpecs declared on it)
+        self.log = []                       # (QueueSpec, "declared" | error text)
+
+    def add(self, plan):
+        with self._lock:
+            self._plans.append(plan)
+
+    def discard(self, plan):
+        with self._lock:
+            if plan in self._plans:
+                self._plans.remove(plan)
+
+    def prepare(self, peer):
+        """Declare the reply queue and every plan's queues on ``peer`` (a new
+        connection). Never called on an I/O thread; raises DeclarationError."""
+        addresser = self._addresser_for(peer)
+        if getattr(addresser, "syntax", None) != RabbitMQAddresser.syntax:
+            return
+        with self._lock:
+            plans = list(self._plans)
+        specs = list(self.reply_source.specs(peer)) if self.reply_source else []
+        for plan in plans:
+            specs.extend(plan.specs(peer, addresser))
+        self._declare(peer, addresser, specs)
+
+    def ensure(self, peer, plan):
+        """Declare ``plan``'s queues on ``peer`` now (if not done there already)."""
+        if peer is None:
+            return        # not connected yet: prepare() will, before any link
+        addresser = self._addresser_for(peer)
+        if getattr(addresser, "syntax", None) != RabbitMQAddresser.syntax:
+            return
+        self._declare(peer, addresser, plan.specs(peer, addresser))
+
+    def _declare(self, peer, addresser, specs):
+        with self._lock:
+            last, done = self._done
+            done = done if last is peer else frozenset()
+        todo = [s for s in dict.fromkeys(specs) if s not in done]
+        if not todo:
+            return
+        if addresser.version >= 2:
+            self._declare_v2(peer.host, todo)
+        else:
+            # 3.x: only queues with bindings need it (the notification pools).
+            todo = [s for s in todo if s.bindings]
+            if todo:
+                declare_groups(peer.host, todo, self.settings, self._timeout)
+        with self._lock:
+            last, done = self._done
+            done = done if last is peer else frozenset()
+            self._done = (peer, done | frozenset(todo))
+
+    def _declare_v2(self, host, specs):
+        from fastamqp import rabbitmq_mgmt
+        with rabbitmq_mgmt.Management(host, self.settings, self._timeout) as mgmt:
+            for spec in specs:
+                try:
+                    mgmt.declare_queue(spec.name, **self._options.declaration(spec))
+                    for exchange, key in spec.bindings:
+                        mgmt.bind(spec.name, exchange, key)
+                except exceptions.DeclarationError as exc:
+                    self._note(spec, str(exc))
+                    raise
+                self._note(spec, "declared")
+
+    def _note(self, spec, outcome):
+        self.log.append((spec, outcome))
+        del self.log[:-200]
 
 
 def _tls_options(settings, hostname):
@@ -208,30 +459,34 @@ def _tls_options(settings, hostname):
             "server_hostname": settings.ssl_peer_name or hostname}
 
 
-def declare_groups(host, bindings, settings=None, timeout=DECLARE_TIMEOUT):
-    """Declare each GroupBinding's queue and bind it, over AMQP 0-9-1 to ``host`` (a
+def declare_groups(host, queues, settings=None, timeout=DECLARE_TIMEOUT):
+    """3.x: declare each QueueSpec's queue and bind it, over AMQP 0-9-1 to ``host`` (a
     fastamqp.interface.Host on the port that also speaks AMQP 1.0).
 
     The queue is declared as the AMQP 1.0 plugin declares a ``/queue/`` node
     (non-durable, not exclusive, not auto-delete), so that the listener's link finds
-    it as it would have made it. Raises ``ConnectionError`` naming the cause.
+    it as it would have made it. Raises exceptions.DeclarationError naming the cause.
     """
     import amqp   # py-amqp: oslo.messaging's rabbit driver needs it, so it is there
     options = {}
-    if settings is not None and settings.tls:
-        options["ssl"] = _tls_options(settings, host.hostname)
     where = f"{host.hostname}:{host.port}"
     try:
+        if settings is not None and settings.tls:
+            options["ssl"] = _tls_options(settings, host.hostname)
         with amqp.Connection(host=where, userid=host.username or "guest",
                              password=host.password or "guest", virtual_host="/",
                              connect_timeout=timeout, read_timeout=timeout,
                              write_timeout=timeout, **options) as conn:
             channel = conn.channel()
-            for binding in bindings:
-                channel.queue_declare(binding.queue, durable=False, auto_delete=False)
-                channel.queue_bind(binding.queue, binding.exchange, binding.key)
+            for queue in queues:
+                channel.queue_declare(queue.name, durable=False, auto_delete=False)
+                for exchange, key in queue.bindings:
+                    channel.queue_bind(queue.name, exchange, key)
     except Exception as exc:
-        raise ConnectionError(
+        refused = isinstance(exc, (amqp.exceptions.AccessRefused,
+                                   amqp.exceptions.PreconditionFailed,
+                                   amqp.exceptions.NotAllowed))
+        raise exceptions.DeclarationError(
             f"RabbitMQ at {where}: declaring the notification pool queue(s) "
-            f"{', '.join(b.queue for b in bindings)} over AMQP 0-9-1 failed: "
-            f"{type(exc).__name__}: {exc}") from None
+            f"{', '.join(q.name for q in queues)} over AMQP 0-9-1 failed: "
+            f"{type(exc).__name__}: {exc}", refused=refused) from None

@@ -79,10 +79,12 @@ def test_list_opts_for_the_config_generator():
     [(group, listed)] = opts.list_opts()
     assert group == "oslo_messaging_amqp"
     assert {o.name for o in listed} >= {"serializer", "pre_settled", "idle_timeout",
-                                        "notification_pools"}
-    # the original's 38, serializer, notification_pools, send_window,
-    # cleanup_drain_timeout
-    assert len(listed) == 42
+                                        "notification_pools", "rabbit_quorum_queue",
+                                        "rabbit_transient_queues_ttl"}
+    # The original's 38, serializer, notification_pools, send_window,
+    # cleanup_drain_timeout and the two RabbitMQ 4 queue options (named as the rabbit
+    # driver's).
+    assert len(listed) == 44
 
 
 def test_config_generator_entry_point():

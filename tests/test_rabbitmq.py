@@ -24,7 +24,7 @@ import pytest
 from oslo_config import cfg
 
 from engines import ENGINE_TESTS_DONE
-from fastamqp import addressing, engine, rabbitmq
+from fastamqp import addressing, engine, exceptions, rabbitmq
 from fastamqp.addressing import AddressingConfig, choose_addresser
 from fastamqp.interface import Host, PeerInfo
 from oslo_env import transport_factory
@@ -107,22 +107,71 @@ def test_v1_addresses_follow_the_routable_options_and_the_vhost():
         "/queue/my%2Fnotify%2Fany%2Fvh1%2Fnx%2Fn.info")
 
 
-def test_v2_addresses_for_rabbitmq_4_are_percent_encoded():
+def test_v2_addresses_for_rabbitmq_4_send_through_amq_direct():
+    # Every target is amq.direct (a missing queue would end the sender's session);
+    # every queue is bound there with its own name.
     a = choose_addresser(CONFIG, RABBIT4)
     assert a.resolve(T()) == (
-        "/queues/openstack.org%2Fom%2Frpc%2Fanycast%2Fopenstack%2Fcompute")
+        "/exchanges/amq.direct/openstack.org%2Fom%2Frpc%2Fanycast%2Fopenstack%2Fcompute")
     assert a.resolve(T(fanout=True)) == (
         "/exchanges/amq.direct/"
         "openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute")
     assert a.resolve(T(topic="a b+c?é", server="h#1")) == (
-        "/queues/openstack.org%2Fom%2Frpc%2Funicast%2Fopenstack%2F"
+        "/exchanges/amq.direct/openstack.org%2Fom%2Frpc%2Funicast%2Fopenstack%2F"
         "a%20b%2Bc%3F%C3%A9%2Fh%231")
-    # v2 sources must be queues: fanout arrives on a queue per server.
-    assert a.server_addresses(T(server="host1")) == [
-        a.resolve(T(server="host1")),
-        "/queues/openstack.org%2Fom%2Frpc%2Fmulticast%2Fopenstack%2Fcompute%2Fhost1",
-        a.resolve(T())]
+    assert a.resolve(T(topic="n.info"), addressing.SERVICE_NOTIFY) == (
+        "/exchanges/amq.direct/openstack.org%2Fom%2Fnotify%2Fanycast%2Fopenstack%2F"
+        "n.info")
     assert rabbitmq.v2_exchange("my ex", "k/1") == "/exchanges/my%20ex/k%2F1"
+
+
+def test_v2_server_queues_are_declared_and_bound():
+    a = choose_addresser(CONFIG, RABBIT4)
+    anycast = "openstack.org/om/rpc/anycast/openstack/compute"
+    unicast = "openstack.org/om/rpc/unicast/openstack/compute/host1"
+    multicast = "openstack.org/om/rpc/multicast/openstack/compute"
+    own, fanout, shared = a.server_queues(T(server="host1"), "tok")
+    assert own == rabbitmq.QueueSpec(unicast, bindings=(("amq.direct", unicast),))
+    assert fanout == rabbitmq.QueueSpec(f"{multicast}/host1.tok", transient=True,
+                                        bindings=(("amq.direct", multicast),))
+    assert shared == rabbitmq.QueueSpec(anycast, bindings=(("amq.direct", anycast),))
+    # v2 sources must be queues: fanout arrives on a queue per server and connection.
+    assert a.server_addresses(T(server="host1"), token="tok") == [
+        rabbitmq.v2_queue(q.name) for q in (own, fanout, shared)]
+    # Notifications: a shared queue per topic; pools: a queue per group.
+    [notify] = a.notification_queues([T(topic="n.info")])
+    assert notify.name == "openstack.org/om/notify/anycast/openstack/n.info"
+    assert notify.bindings == (("amq.direct", notify.name),)
+    assert a.notification_source(T(topic="n.info")) == rabbitmq.v2_queue(notify.name)
+    [group] = a.notification_queues([T(topic="n.info")], "billing", pools=True)
+    assert group.name == "openstack.org/om/notify/multicast/openstack/n.info#billing"
+    assert group.bindings == (
+        ("amq.direct", "openstack.org/om/notify/multicast/openstack/n.info"),)
+    # 3.x declares nothing for RPC (the plugin does), only pool groups (0-9-1).
+    v1 = choose_addresser(CONFIG, RABBIT3)
+    assert v1.server_queues(T(server="host1"), "tok") == []
+    assert v1.notification_queues([T(topic="n.info")]) == []
+    assert v1.notification_queues([T(topic="n.info")], None, pools=True)
+
+
+def test_queue_options_follow_the_rabbit_driver_options():
+    shared, transient = rabbitmq.QueueSpec("q"), rabbitmq.QueueSpec("r", transient=True)
+    classic = rabbitmq.QueueOptions()
+    assert classic.declaration(shared) == {
+        "durable": True, "exclusive": False, "auto_delete": False,
+        "arguments": {"x-queue-type": "classic"}}
+    quorum = rabbitmq.QueueOptions(quorum=True, transient_ttl=60)
+    assert quorum.declaration(shared)["arguments"] == {"x-queue-type": "quorum"}
+    assert quorum.declaration(transient) == {
+        "durable": True, "exclusive": False, "auto_delete": True,
+        "arguments": {"x-queue-type": "classic", "x-expires": 60000}}
+
+
+def test_queue_plan_names_a_connection_s_own_queues_per_peer():
+    plan = rabbitmq.QueuePlan(lambda addresser, token: [token])
+    first, second = peer(RABBIT4), peer(RABBIT4)
+    assert plan.specs(first, None) == plan.specs(first, None)     # stable per peer
+    assert plan.specs(second, None) != plan.specs(first, None)    # new per connection
 
 
 def test_reply_source():
@@ -134,7 +183,17 @@ def test_reply_source():
     assert rabbitmq.ReplySource(CONFIG)(peer(RABBIT3)) != address   # one per connection
     assert source(peer({"product": "qpid-dispatch-router"})) is None   # dynamic source
     assert source(peer({})) is None
-    assert source(peer(RABBIT4)) is None                # 4.1+: dynamic (temporary queue)
+    # 4.x: a declared queue, a new one per connection, replied to through amq.direct.
+    four = peer(RABBIT4)
+    reply = source(four)
+    [spec] = source.specs(four)
+    assert reply == rabbitmq.v2_queue(spec.name) and spec.transient
+    assert spec.name.startswith(source.queue) and spec.bindings == (
+        ("amq.direct", spec.name),)
+    assert source(four) == reply and source(peer(RABBIT4)) != reply
+    assert choose_addresser(CONFIG, RABBIT4).reply_to(reply) == (
+        "/exchanges/amq.direct/" + reply[len("/queues/"):])
+    assert source.specs(peer(RABBIT3)) == []
     forced = rabbitmq.ReplySource(AddressingConfig(mode="rabbitmq"))
     assert forced(peer({})).startswith("/queue/fastamqp-reply.")
     # Even with another explicit mode a RabbitMQ 3.x peer cannot give a dynamic source.
@@ -309,12 +368,13 @@ def test_node_starts_quickly_and_speaks_amqp_1_0(rabbit_node):
         conn.close(5)
 
 
-def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
-    url = rabbit_node.url()
+def rpc_patterns(url, transports, topic, ready=lambda: True):
+    """Call, direct call, cast, fanout, direct cast, a remote error and the context
+    through one server; ``ready()`` says when its links are attached."""
     endpoint = Calculator()
     rpc_server = start_server(transports(url), endpoint, topic, "host1")
     try:
-        assert wait_for_consumers(rabbit_node, names(topic, "host1"))
+        assert ready()
         client = oslo_messaging.get_rpc_client(
             transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
         assert client.call({}, "add", a=2, b=3) == 5                       # anycast
@@ -333,6 +393,12 @@ def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
         assert client.call(ctxt, "context_echo") == ctxt
     finally:
         stop(rpc_server)
+
+
+def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
+    # 3.x: the fanout queue exists once the server's link is attached.
+    rpc_patterns(rabbit_node.url(), transports, topic,
+                 lambda: wait_for_consumers(rabbit_node, names(topic, "host1")))
 
 
 def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit_node, engine_impl,
@@ -413,9 +479,7 @@ def test_reply_queue_is_per_connection_and_goes_away_after_its_client(
                       timeout=POLICY_EXPIRES_MS / 1000 + 10)
 
 
-def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl,
-                                                        transports, topic):
-    url = rabbit_node.url()
+def heartbeats_keep_a_slow_call_alive(url, transports, topic):
     rpc_server = start_server(transports(url), Calculator(), topic, "host1")
     try:
         client = oslo_messaging.get_rpc_client(
@@ -425,6 +489,11 @@ def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl
         assert client.call({}, "slow", seconds=3) == "done"
     finally:
         stop(rpc_server)
+
+
+def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl,
+                                                        transports, topic):
+    heartbeats_keep_a_slow_call_alive(rabbit_node.url(), transports, topic)
 
 
 def test_call_timeout_without_a_server(rabbit_node, engine_impl, transports, topic):
@@ -482,21 +551,19 @@ def listener_for(transport, topic, endpoint, pool=None):
     return listener
 
 
-def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl,
-                                                        transports, topic):
-    url = rabbit_node.url()
+def notifications_are_stored_and_listeners_compete(node, url, transports, topic,
+                                                   queue):
+    """A notification sent before any listener is kept in the topic's ``queue``; two
+    listeners then share the topic's notifications, each once. RabbitMQ 3.x and 4.x."""
     notifier = oslo_messaging.Notifier(transports(url, notification=True),
                                        publisher_id="compute.host1",
                                        driver="messagingv2", topics=[topic])
-    # Sent before any listener exists: RabbitMQ keeps it in the shared queue.
     notifier.info({}, "compute.instance.create.end", {"n": 0})
     one, two = NotificationEndpoint(), NotificationEndpoint()
     listeners = [listener_for(transports(url, notification=True), topic, one),
                  listener_for(transports(url, notification=True), topic, two)]
     try:
-        queue = queue_name(choose_addresser(CONFIG, RABBIT3).resolve(
-            T(topic=f"{topic}.info"), addressing.SERVICE_NOTIFY))
-        assert wait_for_consumers(rabbit_node, [queue], count=2)
+        assert wait_for_consumers(node, [queue], count=2)
         for n in range(1, 11):
             notifier.info({}, "compute.instance.create.end", {"n": n})
         assert wait_until(lambda: len(one.received) + len(two.received) >= 11)
@@ -509,18 +576,29 @@ def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl
             listener.wait()
 
 
+def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl,
+                                                        transports, topic):
+    # 3.x: the notifier's /queue/ link declares the shared queue.
+    notifications_are_stored_and_listeners_compete(
+        rabbit_node, rabbit_node.url(), transports, topic,
+        queue_name(choose_addresser(CONFIG, RABBIT3).resolve(
+            T(topic=f"{topic}.info"), addressing.SERVICE_NOTIFY)))
+
+
 def pools_url(node):
     return node.url() + "?notification_pools=true"
 
 
-def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, transports,
-                                                   topic):
-    url = pools_url(rabbit_node)
+def each_group_gets_every_notification(node, url, transports, topic, group_queue,
+                                       check_queues=None):
+    """Three groups (none, billing, audit) listen to one topic's notifications: each
+    gets every one, shared among its members. ``group_queue(pool)`` names a group's
+    queue; the group without a pool also has the one sent before anybody listened
+    (the notifier declared its queue, as the rabbit driver declares its default one).
+    RabbitMQ 3.x and 4.x alike."""
     notifier = oslo_messaging.Notifier(transports(url, notification=True),
                                        publisher_id="compute.host1",
                                        driver="messagingv2", topics=[topic])
-    # Before any listener: the notifier has declared the group without a pool (as
-    # the rabbit driver declares its default queue), so this one is kept for it.
     notifier.info({}, "compute.instance.create.end", {"n": 0})
     groups = {None: [NotificationEndpoint(), NotificationEndpoint()],
               "billing": [NotificationEndpoint(), NotificationEndpoint()],
@@ -528,17 +606,11 @@ def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, tran
     listeners = [listener_for(transports(url, notification=True), topic, e, pool)
                  for pool, members in groups.items() for e in members]
     try:
-        a = choose_addresser(CONFIG, RABBIT3)
-        queues = {pool: a.group_binding(T(topic=f"{topic}.info"), pool).queue
-                  for pool in groups}
+        queues = {pool: group_queue(pool) for pool in groups}
         for pool, members in groups.items():
-            assert wait_for_consumers(rabbit_node, [queues[pool]], count=len(members))
-        # Each group is a queue of its own, bound to amq.direct with the topic name.
-        assert queues[None].endswith("#") and queues["billing"].endswith("#billing")
-        bindings = rabbit_node.ctl("list_bindings", "-q", "source_name",
-                                   "destination_name", "routing_key")
-        for queue in queues.values():
-            assert f"amq.direct\t{queue}\t{queue.rsplit('#', 1)[0]}" in bindings
+            assert wait_for_consumers(node, [queues[pool]], count=len(members))
+        if check_queues is not None:
+            check_queues(queues)
         for n in range(1, 21):
             notifier.info({}, "compute.instance.create.end", {"n": n})
         everyone = [e for members in groups.values() for e in members]
@@ -546,13 +618,28 @@ def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, tran
         time.sleep(0.5)
         for pool, members in groups.items():
             seen = sorted(n for e in members for n in e.received)
-            # The group without a pool also has the one sent before it listened.
             assert seen == list(range(0 if pool is None else 1, 21)), pool
             assert all(e.received for e in members), pool
     finally:
         for listener in listeners:
             listener.stop()
             listener.wait()
+
+
+def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, transports,
+                                                   topic):
+    a = choose_addresser(CONFIG, RABBIT3)
+
+    def bound(queues):
+        # Each group is a queue of its own, bound to amq.direct with the topic name.
+        assert queues[None].endswith("#") and queues["billing"].endswith("#billing")
+        bindings = rabbit_node.ctl("list_bindings", "-q", "source_name",
+                                   "destination_name", "routing_key")
+        for queue in queues.values():
+            assert f"amq.direct\t{queue}\t{queue.rsplit('#', 1)[0]}" in bindings
+    each_group_gets_every_notification(
+        rabbit_node, pools_url(rabbit_node), transports, topic,
+        lambda pool: a.group_binding(T(topic=f"{topic}.info"), pool).queue, bound)
 
 
 def test_a_pool_queue_keeps_notifications_while_its_listeners_are_away(
@@ -590,20 +677,46 @@ def test_a_pool_without_the_option_is_refused(rabbit_node, engine_impl, transpor
 
 def test_pool_declaration_failure_names_the_cause(rabbit_node, engine_impl, transports,
                                                   topic):
-    # The notifier's declaration goes over AMQP 0-9-1 with the URL's credentials;
-    # when it cannot, the send fails and says why.
+    # The declaration goes over AMQP 0-9-1 with the URL's credentials; when it
+    # cannot, the error names the queue and the cause.
     url = rabbit_node.url()
     transport = transports(url + "?notification_pools=true", notification=True)
     driver = transport._driver
     driver.connection().wait_active(TIMEOUT)
     peer = driver.connection().peer
     bad = dataclasses.replace(peer, host=dataclasses.replace(peer.host, port=1))
-    addresser = driver._addresser(peer)
-    with pytest.raises(oslo_messaging.MessageDeliveryFailure,
-                       match="AMQP 0-9-1 failed") as info:
-        driver._declare_groups(bad, addresser, [T(topic=f"{topic}.info")], None,
-                               notifier=True)
+    declarer = driver._declarers[driver.connection()]
+    plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+        [T(topic=f"{topic}.info")], None, pools=True))
+    with pytest.raises(exceptions.DeclarationError, match="AMQP 0-9-1 failed") as info:
+        declarer.ensure(bad, plan)
     assert "127.0.0.1:1" in str(info.value) and "#" in str(info.value)
+
+
+def test_pool_declarations_run_on_no_engine_thread(rabbit_node, engine_impl, transports,
+                                                   topic, monkeypatch):
+    # A blocking AMQP 0-9-1 connection must never run on an engine's I/O or event
+    # thread: neither the listener's (every connection) nor the notifier's.
+    threads = []
+    declare = rabbitmq.declare_groups
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return declare(*args, **kwargs)
+    monkeypatch.setattr(rabbitmq, "declare_groups", recording)
+    url = pools_url(rabbit_node)
+    events = NotificationEndpoint()
+    listener = listener_for(transports(url, notification=True), topic, events, "billing")
+    try:
+        oslo_messaging.Notifier(transports(url, notification=True), publisher_id="p",
+                                driver="messagingv2", topics=[topic]).info(
+            {}, "e", {"n": 1})
+        assert events.wait_for(1)
+    finally:
+        listener.stop()
+        listener.wait()
+    assert threads
+    assert not [t for t in threads if t.startswith(("fastamqp I/O", "fastamqp dispatcher"))]
 
 
 def tls_url(node, **query):

@@ -532,7 +532,8 @@ class Connection(ControlPlane):
         self._ended = False          # the I/O thread is gone and its pipe closed
         self._container = pyngus.Container(settings.container_id)
         self._thread = None
-        self._closing = False
+        self._closing = False        # close() was called: callers are turned away
+        self._draining = False       # ... but held sends still go out (close(drain))
         self._stopped = threading.Event()
         self._host_index = 0
         self._delay = settings.retry_interval
@@ -576,8 +577,11 @@ class Connection(ControlPlane):
                         self._settings.container_id)
             self._closing = True
             return
-        self._closing = True
         drain = max(0.0, min(drain, timeout - 1.0))
+        # While draining, the I/O thread still reconnects and resends: only callers
+        # are turned away.
+        self._draining = drain > 0
+        self._closing = True
         self._call_soon(lambda: self._drain_then_close(drain))
         self._thread.join(timeout)
 
@@ -770,7 +774,7 @@ class Connection(ControlPlane):
 
     # ---- connection management (I/O thread) -----------------------------------
     def _connect(self):
-        if self._closing:
+        if self._shutting_down:
             return
         index = self._host_index % len(self._hosts)
         host = self._hosts[index]
@@ -822,7 +826,7 @@ class Connection(ControlPlane):
         self._pconn.open()
 
     def _schedule_reconnect(self):
-        if self._closing:
+        if self._shutting_down:
             return
         delay = self._delay
         # After the immediate attempt: every retry_interval while the outage is young
@@ -899,7 +903,7 @@ class Connection(ControlPlane):
                     f"connection lost while writing the message to {send.address}"))
         self._written.clear()
         self._senders.clear()
-        if self._closing:
+        if self._shutting_down:
             self._finish_close()
             return
         self._schedule_reconnect()
@@ -927,7 +931,13 @@ class Connection(ControlPlane):
                              "settled after %.1f s: given up", self._held, drain)
         self._begin_close()
 
+    @property
+    def _shutting_down(self):
+        """Closing, and no longer draining confirmed sends (I/O thread)."""
+        return self._closing and not self._draining
+
     def _begin_close(self):
+        self._draining = False
         self._closing = True
         for sub in list(self._subscriptions):
             sub.stop()
@@ -954,7 +964,7 @@ class Connection(ControlPlane):
     def _submit(self, send):
         if send.ended:
             return
-        if self._closing and self._drain_until is None and not send.taken:
+        if self._shutting_down and not send.taken:
             send.finish(error=exceptions.EngineClosed("the connection is closing"))
             return
         if send.done.is_set() and not send.taken:
@@ -1102,11 +1112,25 @@ class Connection(ControlPlane):
         if ssl_session is not None:
             tls = TLSInfo(ssl_session.remote_subject, ssl_session.protocol_name(),
                           ssl_session.cipher_name())
-        self._peer = PeerInfo(pconn.user_context, pconn.remote_container,
-                              {str(k): v for k, v in props.items()}, mech or None, tls)
+        self._peer = peer = PeerInfo(pconn.user_context, pconn.remote_container,
+                                     {str(k): v for k, v in props.items()},
+                                     mech or None, tls)
         self._delay = self._settings.retry_interval
         self._opened_at = time.monotonic()
-        self._opened()
+        generation = self._generation
+        if self._settings.prepare is None:
+            self._open_then(self._current_index, peer, None,
+                            lambda: self._activate(pconn))
+            return
+        self._open_then(
+            self._current_index, peer,
+            lambda: self._generation == generation and not self._stopped.is_set(),
+            lambda: self._call_soon(lambda: self._activate(pconn)))
+
+    def _activate(self, pconn):
+        """Attach the links of this connection (I/O thread)."""
+        if self._pconn is not pconn or self._shutting_down:
+            return
         self._reply.attach(pconn)
         for sub in self._subscriptions:
             sub.links.clear()

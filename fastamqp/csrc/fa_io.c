@@ -2159,6 +2159,17 @@ static void handle(fa_io *io, pn_event_t *e)
     case PN_CONNECTION_REMOTE_CLOSE:
         pn_connection_close(pn_event_connection(e));
         break;
+    case PN_SESSION_REMOTE_CLOSE:
+        /* All our links live on this one session: a peer that ends it (RabbitMQ 4
+         * does, refusing an attach to a missing queue or a permission) has ended
+         * everything; start afresh on a new connection, as the pure engine does. */
+        if (pn_event_session(e) == io->session && io->have_driver) {
+            char why[300];
+            describe_condition(pn_session_remote_condition(io->session), why, sizeof why);
+            pn_connection_driver_close(&io->driver);
+            connection_lost(io, "the peer ended the session: %s", why);
+        }
+        break;
     case PN_LINK_REMOTE_OPEN:
         on_link_remote_open(io, pn_event_link(e));
         break;
