@@ -926,3 +926,37 @@ def test_cleanup_drains_confirmed_casts(engine, default_transports, request):
             assert wait_until(lambda: len(receivers.counting.casts) == 300)
         finally:
             receivers.stop()
+
+
+def test_a_full_window_is_back_pressure_then_a_failure(engine, default_conf, request):
+    # A consumer that takes casts and never acknowledges them: the router settles
+    # nothing, so the connection's window fills; further casts wait for room and fail
+    # at their deadline with MessageDeliveryFailure (no caller timeout on a cast).
+    # What the driver holds never exceeds the window.
+    default_conf.set_override("send_window", 20, GROUP)
+    default_conf.set_override("default_send_timeout", 5, GROUP)   # the minimum
+    made = []
+    with Intermediary(mode="router") as im:
+        try:
+            server_transport = oslo_messaging.get_rpc_transport(default_conf, url=im.url)
+            made.append(server_transport)
+            listener = server_transport._driver.listen(
+                oslo_messaging.Target(topic="window", server="s1"), None, None)
+            transport = oslo_messaging.get_rpc_transport(default_conf, url=im.url)
+            made.append(transport)
+            client = oslo_messaging.get_rpc_client(transport,
+                                                   oslo_messaging.Target(topic="window"))
+            assert wait_until(lambda: im.counters["links"] >= 3)
+            for n in range(20):
+                client.cast({}, "record", id=f"w-{n}")
+            stats = transport._driver.statistics
+            assert stats()["held"] == 20
+            started = time.monotonic()
+            with pytest.raises(oslo_messaging.MessageDeliveryFailure, match="send window"):
+                client.cast({}, "record", id="late")
+            assert 4.5 < time.monotonic() - started < 8
+            assert stats()["held"] == 20
+            assert listener is not None     # held open (never polled) until here
+        finally:
+            for t in made:
+                t.cleanup()
