@@ -185,7 +185,6 @@ class Connection(ControlPlane):
         self._generation = 0
         self._reply_address = None
         self._ca = None
-        self._pid = os.getpid()
         self._make_engine()
 
     # ---- set-up ------------------------------------------------------------------
@@ -230,10 +229,7 @@ class Connection(ControlPlane):
         }, hosts)
 
     def _fork_guard(self):
-        if os.getpid() != self._pid:
-            raise exceptions.EngineClosed(
-                "this connection belongs to the process that forked this one; a child "
-                "process needs its own connection")
+        self._check_process()
         if self._engine is None:
             raise self._fatal or exceptions.EngineClosed("the engine is not running")
 

@@ -56,6 +56,16 @@ class ControlPlane:
         self._fatal = None           # set when every host has refused us
         self._epoch = 0              # bumped on every successful connection
         self._current_index = 0
+        self._pid = os.getpid()
+
+    def _check_process(self):
+        """Fork safety: the I/O thread does not exist in a forked child, and the
+        engine's state may have been copied mid-update; the child must not touch it
+        (the driver makes a fresh connection there)."""
+        if os.getpid() != self._pid:
+            raise exceptions.EngineClosed(
+                "this connection belongs to the process that forked this one; a child "
+                "process needs its own connection")
 
     # ---- status (any thread) ---------------------------------------------------
     def wait_active(self, timeout):

@@ -434,3 +434,43 @@ def test_multicast_sender_credit_is_topped_up(connect, router):
                   deadline=deadline())
     consumer.join(TIMEOUT * 2)
     assert len(got) == count
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_may_not_use_the_parents_connection(connect, router):
+    import os
+    conn = connect(router)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: report through the pipe, never return to pytest
+        status = b"no error"
+        try:
+            conn.send("x", request("x"), presettled=True, deadline=deadline(1))
+        except exceptions.EngineClosed as exc:
+            status = b"ok" if b"forked" in str(exc).encode() else str(exc).encode()
+        except BaseException as exc:   # noqa: B902 - report anything
+            status = repr(exc).encode()[:300]
+        finally:
+            os.write(write_end, status)
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    answer = os.read(read_end, 400)
+    os.close(read_end)
+    assert answer == b"ok", answer
+    assert conn.active      # the parent's connection is untouched
+
+
+def test_a_reply_nobody_can_claim_is_refused_alike(connect, router):
+    # Not UTF-8 in an amqp-value string: the pure engine's decoder refuses it, the C
+    # engine's reads it and finds no correlation-id. Either way nobody can claim it:
+    # both settle it MODIFIED (delivery-failed, undeliverable-here) and keep going.
+    client = connect(router)
+    other = connect(router)
+    reply_to = client.reply_address(deadline())
+    time.sleep(0.2)
+    result = other.send(reply_to, b"\x00\x53\x77\xa1\x02\xff\xfe", presettled=False,
+                        deadline=deadline())
+    assert result.outcome is Outcome.MODIFIED
+    assert result.delivery_failed and result.undeliverable_here
+    assert client.active        # one poison message does not cost the connection

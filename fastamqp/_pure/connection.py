@@ -9,7 +9,9 @@ What it does, and why:
   MULTIPLIED by retry_backoff after each failure up to retry_interval_max, as the
   original driver did (REFERENCE §3.2);
 * a send waits for the peer's outcome; a pre-settled send completes when it has been
-  written to the socket, not while it still waits for credit (REFERENCE §3.9 #7); a
+  written to the socket, not while it still waits for credit (REFERENCE §3.9 #7; the
+  C engine completes one as soon as it is queued on a link with credit for it, which
+  callers cannot tell apart); a
   confirmed send (``confirm=True``) completes once it is on the wire and within the
   send window, and the engine keeps it until the peer settles it
   (fastamqp.interface.Connection.send);
@@ -250,7 +252,8 @@ class _ReplyWaiter:
                     now = time.monotonic()
                     if self._beats != beats:  # a heartbeat restarts the monitor
                         beats = self._beats
-                        monitor = now + monitor_timeout
+                        if monitor_timeout is not None:
+                            monitor = now + monitor_timeout
                     if now >= deadline:
                         raise exceptions.ReplyTimeout("no reply before the deadline")
                     if monitor is not None and now >= monitor:
@@ -354,10 +357,11 @@ class _ReplyLink:
         try:
             message.decode(data)
         except Exception as exc:
-            # Not a message at all (the driver never sees it): refuse it, as the C
-            # engine does, and keep the connection.
-            LOG.error("rejecting an undecodable message on the reply link: %s", exc)
-            link.message_rejected(handle)
+            # Nobody can claim a reply whose correlation-id cannot be read: settle it
+            # as a late reply, as the C engine does (whose decoder reads what this
+            # one refuses, e.g. a body that is not UTF-8), and keep the connection.
+            LOG.error("refusing an undecodable message on the reply link: %s", exc)
+            link.message_modified(handle, True, True, None)
             self._top_up(link)
             return
         waiter = self.engine._calls.get(message.correlation_id)
@@ -569,7 +573,7 @@ class Connection(ControlPlane):
         self._thread.start()
 
     def close(self, timeout=30.0, drain=0.0):
-        if self._thread is None or self._closing:
+        if self._thread is None or self._closing or os.getpid() != self._pid:
             return
         if not self._thread.is_alive():
             # The I/O thread has ended (and closed its wake-up pipe): nothing to stop.
@@ -593,6 +597,7 @@ class Connection(ControlPlane):
     # ---- operations (any thread) ----------------------------------------------
     def send(self, address, payload, *, presettled, deadline, retry=None,
              in_doubt_resend=True, confirm=False, fanout=False):
+        self._check_process()
         if self._stopped.is_set() or self._closing:
             raise exceptions.EngineClosed("the connection was closed")
         send = _Send(address, payload, presettled, deadline, retry, in_doubt_resend,
@@ -607,16 +612,19 @@ class Connection(ControlPlane):
         return send.result
 
     def reply_address(self, deadline):
+        self._check_process()
         if not self._reply_ready.wait(max(0.0, deadline - time.monotonic())):
             raise exceptions.SendTimeout("the reply link is not attached")
         return self._reply.address
 
     def expect_reply(self, message_id):
+        self._check_process()
         waiter = _ReplyWaiter(self, message_id)
         self._calls[message_id] = waiter
         return waiter
 
     def subscribe(self, addresses, credit):
+        self._check_process()
         sub = _Subscription(self, addresses, credit)
         attached = threading.Event()
 

@@ -1,11 +1,15 @@
 /* The C connection engine; see fa_io.h for the threading and ownership rules.
  *
  * Behaviour mirrors the pure-Python reference (fastamqp/_pure/connection.py) test for
- * test: failover round robin with a multiplied back-off; pre-settled sends complete
- * once their bytes have left through the socket; in-doubt sends are resent after a
- * failover while their retry budget and deadline allow; subscriptions and the reply
- * link are attached again on every connection; links detached by the peer come back
- * after link_retry_delay; replies are correlated here, on the I/O thread.
+ * test (tests/test_connection.py, test_confirmed.py, test_faults.py run on both):
+ * failover round robin, an attempt at once after a loss, then the back-off; pre-settled
+ * sends complete once queued on a link with credit for them (cview) or once their
+ * bytes have left through the socket; confirmed sends once taken into the window
+ * (fa_io.h); in-doubt sends are resent after a failover while their retry budget
+ * allows; subscriptions and the reply link are attached again on every connection;
+ * links detached by the peer come back after link_retry_delay; replies are
+ * correlated here, on the I/O thread. The policies both engines share are constants
+ * in fa_io.h and fastamqp/policy.py.
  */
 #define _GNU_SOURCE
 #include "fa_io.h"
@@ -1845,6 +1849,9 @@ static void on_reply(fa_io *io, rlink *r, pn_delivery_t *d)
     pn_link_advance(r->link);
     pn_message_t *m = io->scratch;
     pn_message_clear(m);
+    /* A reply nobody here can claim -- a late one, one for another client, or one
+     * whose correlation-id cannot be read -- is settled MODIFIED below, as the pure
+     * engine does. */
     int outcome = PN_MODIFIED;
     if (pn_message_decode(m, payload, size) == 0) {
         pn_msgid_t cid = pn_message_get_correlation_id(m);
