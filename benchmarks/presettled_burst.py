@@ -201,8 +201,10 @@ class EmbeddedRouter:
                 "--engine", engine, "--listen", "127.0.0.1:0"]
         if link_capacity:
             args += ["--link-capacity", str(link_capacity)]
+        # The router is C or Python whatever engine this process's client runs.
+        env = {k: v for k, v in os.environ.items() if k != "FASTAMQP_PUREPYTHON"}
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
-                                     cwd=tempfile.gettempdir())
+                                     cwd=tempfile.gettempdir(), env=env)
         banner = self.proc.stdout.readline()
         m = re.search(r"listening on (amqp://[0-9.]+:\d+)", banner)
         if not m:
