@@ -19,11 +19,12 @@ acknowledging casts as they come refills its credit window on every acknowledgem
 (REFERENCE §3.6), so it takes a burst off the router almost as fast as it comes.
 
 * ``python`` / ``c``: the embedded router (``python -m fastamqp.intermediary --mode
-  router --engine python|c``) in its own process; its ``dropped_presettled`` counter is
-  read from the JSON it prints when it stops;
-* ``url=URL``: an intermediary this script did not start (qdrouterd, qpidd, RabbitMQ);
-  for qdrouterd the counter is its router entity's ``droppedPresettledDeliveries``
-  (what ``qdstat -g`` shows) through ``$management``, before and after.
+  router --engine python|c``) in its own process;
+* ``url=URL``: an intermediary this script did not start (qdrouterd, qpidd, RabbitMQ).
+
+"dropped" is the router's own count of pre-settled deliveries it discarded, before and
+after the burst (benchmarks/peers.py: the embedded router's ``dropped_presettled``,
+qdrouterd's ``droppedPresettledDeliveries`` through ``$management``; none for others).
 
 Every cast carries a unique id; the server counts ids, so "lost" is exact. The
 client engine is fastamqp's default (``FASTAMQP_PUREPYTHON=1`` for the pure one).
@@ -32,14 +33,13 @@ Prints a table and, with ``--json``, the rows.
 import argparse
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
 
 warnings.simplefilter("ignore")     # oslo's and eventlet's deprecation noise
 
@@ -166,75 +166,23 @@ def wait_until(pred, timeout):
         time.sleep(0.02)
 
 
-def qdrouterd_dropped_presettled(url, timeout=5.0):
-    """The router entity's droppedPresettledDeliveries, or None if ``url`` is no
-    qdrouterd (no $management agent, or it does not know the attribute)."""
-    from proton import Message
-    from proton.utils import BlockingConnection, SyncRequestResponse
-    try:
-        conn = BlockingConnection(url, timeout=timeout)
-    except Exception:
-        return None
-    try:
-        rr = SyncRequestResponse(conn, "$management")
-        reply = rr.call(Message(
-            properties={"operation": "QUERY", "type": "org.amqp.management",
-                        "name": "self",
-                        "entityType": "org.apache.qpid.dispatch.router"},
-            body={"attributeNames": ["droppedPresettledDeliveries"]}))
-        return int(reply.body["results"][0][0])
-    except Exception:
-        return None
-    finally:
-        try:
-            conn.close()
-        except Exception:
-            pass
-
-
-class EmbeddedRouter:
-    """``python -m fastamqp.intermediary --mode router --engine E`` in its own process
-    (as a real router would be), its counters read from the JSON it prints on SIGTERM."""
-
-    def __init__(self, engine, link_capacity=None):
-        args = [sys.executable, "-m", "fastamqp.intermediary", "--mode", "router",
-                "--engine", engine, "--listen", "127.0.0.1:0"]
-        if link_capacity:
-            args += ["--link-capacity", str(link_capacity)]
+def run_peer(name, settlement, args):
+    if name in ("python", "c"):
         # The router is C or Python whatever engine this process's client runs.
         env = {k: v for k, v in os.environ.items() if k != "FASTAMQP_PUREPYTHON"}
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
-                                     cwd=tempfile.gettempdir(), env=env)
-        banner = self.proc.stdout.readline()
-        m = re.search(r"listening on (amqp://[0-9.]+:\d+)", banner)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError("the embedded router did not start: %r" % banner)
-        self.url = m.group(1) + "/"
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return json.loads(out[out.index("{"):])
-
-
-def run_peer(peer, settlement, args):
-    if peer in ("python", "c"):
-        router = EmbeddedRouter(peer, args.link_capacity)
-        try:
-            row = burst(router.url, settlement, args.casts, args.threads, args.delay,
-                        args.stall)
-        finally:
-            counters = router.stop()
-        row["dropped_presettled"] = counters["dropped_presettled"]
+        extra = ["--link-capacity", str(args.link_capacity)] if args.link_capacity else []
+        router = peers.Embedded("router", engine=name, env=env, extra_args=extra)
     else:
-        url = peer.split("=", 1)[1]
-        before = qdrouterd_dropped_presettled(url)
-        row = burst(url, settlement, args.casts, args.threads, args.delay, args.stall)
-        after = qdrouterd_dropped_presettled(url)
-        row["dropped_presettled"] = (after - before) if None not in (before, after) \
-            else None
-    row["peer"] = peer
+        router = peers.External("router", name.split("=", 1)[1])
+    try:
+        before = router.dropped_presettled()
+        row = burst(router.url, settlement, args.casts, args.threads, args.delay,
+                    args.stall)
+        after = router.dropped_presettled()
+    finally:
+        router.stop()
+    row["dropped_presettled"] = None if None in (before, after) else after - before
+    row["peer"] = name
     return row
 
 

@@ -1,6 +1,7 @@
 """python -m fastamqp.intermediary --mode router|broker --listen 127.0.0.1:5672 [...]
 
-Runs in the foreground until SIGINT/SIGTERM, then prints the counters as JSON.
+Runs in the foreground until SIGINT/SIGTERM, then prints the counters as JSON. SIGUSR1
+prints them as one JSON line meanwhile (what the benchmarks read between phases).
 """
 from __future__ import annotations
 
@@ -104,6 +105,9 @@ def _serve(im, where) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # The main thread only waits on `stop`, so printing from the handler is safe.
+    signal.signal(signal.SIGUSR1,
+                  lambda *_: print(json.dumps(im.counters, sort_keys=True), flush=True))
     im.start()
     print("fastamqp intermediary (%s, product %s) listening on %s"
           % (im.mode, im.product, where()),
