@@ -361,6 +361,47 @@ def test_cli_engine_c(tmp_path):
     assert p.returncode == 0 and counters["forwarded"] == 1 and counters["accepted"] == 1
 
 
+class _CliRouter:
+    """``python -m fastamqp.intermediary`` in a child; ``counters`` asks it for a
+    snapshot (SIGUSR1: one JSON line on its stdout)."""
+
+    def __init__(self, engine, *args):
+        import re
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastamqp.intermediary", "--mode", "router",
+             "--engine", engine, "--listen", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, text=True, env=_child_env(), cwd=tempfile.gettempdir())
+        m = re.search(r"listening on (amqp://127\.0\.0\.1:\d+)", self.proc.stdout.readline())
+        assert m
+        self.url = m.group(1)
+
+    @property
+    def counters(self):
+        import json
+        import signal
+        self.proc.send_signal(signal.SIGUSR1)
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.communicate(timeout=20)
+
+
+@pytest.fixture(params=["python", "c"])
+def cli_router(request):
+    """Listed before ``connect``: the clients close before the router stops."""
+    im = _CliRouter(request.param, "--link-capacity", "20")
+    yield im
+    im.stop()
+
+
+def test_cli_link_capacity_and_counters_on_sigusr1(cli_router, connect):
+    assert cli_router.counters["dropped_presettled"] == 0
+    check_congested_consumer_discards_presettled(cli_router, connect, ANYCAST, 20)
+
+
 def test_cli_engine_c_refuses_what_it_cannot_do():
     import os
     import subprocess
