@@ -60,7 +60,6 @@ import json
 import os
 import platform
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -109,16 +108,6 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - best effort
         pass
-
-
-def _proc_cpu(pid):
-    """user+system CPU seconds of a live process, from /proc (None if gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _session_cpu(sid):

@@ -75,16 +75,6 @@ class BenchError(RuntimeError):
 # Helpers shared by the orchestrator and the workers
 # ---------------------------------------------------------------------------------
 
-def _cpu_of(pid):
-    """User+system CPU seconds of a live process (all its threads), from /proc."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _die_with_parent():
     """In a child, before exec: get SIGTERM when the benchmark dies (Linux)."""
     try:

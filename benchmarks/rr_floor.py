@@ -25,6 +25,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import peers  # noqa: E402
 SOURCE = os.path.join(HERE, "csrc", "rr_floor.c")
 BUILD = os.path.join(ROOT, "build", "bench")
 # The call rows' address family: anycast through a router (qdrouterd's "balanced").
@@ -82,16 +84,6 @@ def _free_port():
     return port
 
 
-def _cpu(pid):
-    """User+system CPU seconds of a live process, from /proc (None once it is gone)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _host_port(url):
     from urllib.parse import urlsplit
     u = urlsplit(url)
@@ -140,7 +132,7 @@ def measure(url=None, address=ADDRESS, count=2000, size=1024, warmup=20,
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         result["cpu_client_s"] = round(after.ru_utime + after.ru_stime
                                        - before.ru_utime - before.ru_stime, 3)
-        result["cpu_server_s"] = _cpu(server.pid)
+        result["cpu_server_s"] = peers.proc_cpu(server.pid)
     finally:
         server.terminate()
         try:
