@@ -251,6 +251,76 @@ def test_router_presettled_without_consumer_is_dropped(router, connect):
     s.send(Message(body="gone"), timeout=T)
     until(lambda: router.counters["dropped"] == 1, [c])
     assert router.counters["addresses"][ANYCAST]["dropped"] == 1
+    assert router.counters["dropped_presettled"] == 1
+
+
+def check_congested_consumer_discards_presettled(im, connect, address, window):
+    """qdrouterd 1.19's rule (src/router_core/forwarder.c, qdr_forward_deliver_CT): a
+    pre-settled delivery meeting a consumer link with ``window`` (linkCapacity) or more
+    undelivered first discards every pre-settled delivery there but the head."""
+    cons = connect(im)
+    r = rx(cons, address, credit=1)     # takes what its credit allows, then sleeps
+    pump(cons, 0.1)
+    c = connect(im)
+    s = tx(c, address, options=AtMostOnce())
+    until(lambda: s.link.credit > 0, [c])
+    n = window + 20
+    for i in range(n):
+        s.send(Message(body=i), timeout=T)     # pre-settled: never waits for credit
+    until(lambda: im.counters["received"] == n, [c])
+    assert im.counters["dropped_presettled"] == window - 1
+    assert im.counters["dropped"] == window - 1
+    got = []
+    until(lambda: got.extend(_ready(r)) or len(got) >= n - (window - 1), [cons])
+    # k went out on the consumer's credit (proton's blocking receiver grants one or
+    # two), k..k+window-1 filled its undelivered list, and the next one discarded all
+    # of those but the head k: the oldest go, the newest stay.
+    lost = sorted(set(range(n)) - set(got))
+    k = lost[0] - 1
+    assert 1 <= k <= 2 and got == sorted(got)
+    assert lost == list(range(k + 1, k + window))
+
+
+@pytest.mark.parametrize("address", [ANYCAST, MULTICAST])
+def test_router_congested_consumer_discards_presettled(router, connect, address):
+    check_congested_consumer_discards_presettled(router, connect, address,
+                                                 routing.DEFAULT_WINDOW)
+
+
+def test_router_link_capacity_is_configurable(make_im, connect):
+    im = make_im(mode="router", window=20)
+    check_congested_consumer_discards_presettled(im, connect, ANYCAST, 20)
+
+
+def test_router_unsettled_hold_credit_and_are_never_discarded(router, connect):
+    """Unsettled deliveries hold their producer's credit until the consumer settles
+    them (qdrouterd replenishes it on settlement), so a slow consumer slows the
+    producer down instead of losing anything."""
+    w = routing.DEFAULT_WINDOW
+    cons = connect(router)
+    r = rx(cons, ANYCAST, credit=1)
+    pump(cons, 0.1)
+    c = connect(router)
+    s = tx(c, ANYCAST)
+    until(lambda: s.link.credit > 0, [c])
+    n = w + 50
+    sent = [send_async(s, i) for i in range(n)]
+    until(lambda: router.counters["received"] == w, [c])
+    pump(c, 0.3)
+    assert router.counters["received"] == w      # the rest wait for credit
+    got = []
+    r.link.flow(n)       # the consumer catches up
+
+    def take():
+        while r.fetcher.has_message:
+            got.append(r.receive(timeout=T).body)
+            r.accept()
+        return len(got) >= n
+    until(take, [cons, c])
+    assert got == list(range(n))
+    until(lambda: all(d.settled for d in sent), [cons, c])
+    assert all(d.remote_state == Delivery.ACCEPTED for d in sent)
+    assert router.counters["dropped_presettled"] == 0
 
 
 @pytest.mark.parametrize("action,state", [("accept", Delivery.ACCEPTED),

@@ -34,8 +34,10 @@ from test_intermediary import (  # noqa: E402,F401
     test_broker_released_message_is_redelivered,
     test_broker_store_and_forward,
     test_broker_topic_fans_out,
+    check_congested_consumer_discards_presettled,
     test_router_balanced_spreads_over_consumers,
     test_router_closest,
+    test_router_congested_consumer_discards_presettled,
     test_router_consumer_disconnect_releases_in_flight,
     test_router_credit_waits_for_consumer,
     test_router_dynamic_source,
@@ -43,6 +45,7 @@ from test_intermediary import (  # noqa: E402,F401
     test_router_multicast_no_credit_without_consumer,
     test_router_releases_when_no_consumer,
     test_router_relays_consumer_outcome,
+    test_router_unsettled_hold_credit_and_are_never_discarded,
 )
 
 
@@ -153,6 +156,21 @@ def test_router_presettled_without_consumer_is_dropped(router, connect):
     r.close()
     s.send(Message(body="gone"), timeout=T)
     until(lambda: router.counters["dropped"] == 1, [c])
+    assert router.counters["dropped_presettled"] == 1
+
+
+def test_router_link_capacity_is_configurable(connect):
+    r = Relay(mode="router", window=20).start()
+    try:
+        check_congested_consumer_discards_presettled(r, connect, ANYCAST, 20)
+    finally:
+        r.stop()
+
+
+def test_counter_names_are_routings():
+    # The relay's cumulative counters are routing.COUNTER_NAMES, in fa_relay.h's order.
+    from fastamqp.intermediary import _relay
+    assert _relay.COUNTER_NAMES[:len(routing.COUNTER_NAMES)] == routing.COUNTER_NAMES
 
 
 def test_router_dynamic_address_is_unique(router, connect):
@@ -341,6 +359,47 @@ def test_cli_engine_c(tmp_path):
         out, _ = p.communicate(timeout=20)
     counters = json.loads(out[out.index("{"):])
     assert p.returncode == 0 and counters["forwarded"] == 1 and counters["accepted"] == 1
+
+
+class _CliRouter:
+    """``python -m fastamqp.intermediary`` in a child; ``counters`` asks it for a
+    snapshot (SIGUSR1: one JSON line on its stdout)."""
+
+    def __init__(self, engine, *args):
+        import re
+        import subprocess
+        import sys
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fastamqp.intermediary", "--mode", "router",
+             "--engine", engine, "--listen", "127.0.0.1:0", *args],
+            stdout=subprocess.PIPE, text=True, env=_child_env(), cwd=tempfile.gettempdir())
+        m = re.search(r"listening on (amqp://127\.0\.0\.1:\d+)", self.proc.stdout.readline())
+        assert m
+        self.url = m.group(1)
+
+    @property
+    def counters(self):
+        import json
+        import signal
+        self.proc.send_signal(signal.SIGUSR1)
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.communicate(timeout=20)
+
+
+@pytest.fixture(params=["python", "c"])
+def cli_router(request):
+    """Listed before ``connect``: the clients close before the router stops."""
+    im = _CliRouter(request.param, "--link-capacity", "20")
+    yield im
+    im.stop()
+
+
+def test_cli_link_capacity_and_counters_on_sigusr1(cli_router, connect):
+    assert cli_router.counters["dropped_presettled"] == 0
+    check_congested_consumer_discards_presettled(cli_router, connect, ANYCAST, 20)
 
 
 def test_cli_engine_c_refuses_what_it_cannot_do():

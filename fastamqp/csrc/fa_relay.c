@@ -75,7 +75,7 @@ typedef struct msg {
     buf *b;
     bool settled;                 /* forwarded pre-settled; nobody waits for an outcome */
     pn_delivery_t *origin;        /* producer's delivery, or NULL */
-    struct rlink *producer;       /* while origin is set or held (router) */
+    struct rlink *producer;       /* while origin is set */
     struct msg *pprev, *pnext;    /* in producer->inflight */
     struct rlink *consumer;       /* while unsettled on a consumer */
     pn_delivery_t *out;
@@ -107,7 +107,8 @@ typedef struct rlink {
                                      queue/topic (producer) */
     bool producer, presettled, dirty;
     int dist;
-    int held;                     /* router producer: ours not yet handed to a consumer */
+    int held;                     /* producer: ours unsettled, not yet settled by us
+                                     (they hold credit, as in qdrouterd) */
     msg *inflight;                /* producer: messages still pointing at us */
     fifo undelivered;             /* router consumer */
     msg *unsettled; msg *unsettled_tail; int nunsettled;  /* consumer */
@@ -437,6 +438,9 @@ static void settle_origin(fa_relay *r, msg *m, uint64_t type, pn_delivery_t *fro
     rlink *p = m->producer;
     prod_unlink(m);
     if (!p) return;   /* producer gone: nobody to answer */
+    /* qdrouterd replenishes a producer's credit when its delivery is settled. */
+    p->held--;
+    mark_dirty(r, p);
     switch (type) {
     case PN_ACCEPTED: BUMP(r, FA_RC_ACCEPTED); break;
     case PN_RELEASED: BUMP(r, FA_RC_RELEASED); break;
@@ -471,22 +475,17 @@ static pn_delivery_t *transmit(fa_relay *r, rlink *c, msg *m, bool settled)
 
 /* ---------------------------------------------------------------- router ---- */
 
-static void unhold(fa_relay *r, msg *m)
+/* Every message a router drops is pre-settled (an unsettled one is released). */
+static void router_drop(fa_relay *r)
 {
-    rlink *p = m->producer;
-    if (p) {
-        if (p->held > 0) p->held--;
-        mark_dirty(r, p);
-        /* A settled message needs no link to its producer once handed over. */
-        if (!m->origin) prod_unlink(m);
-    }
+    BUMP(r, FA_RC_DROPPED);
+    BUMP(r, FA_RC_DROPPED_PRESETTLED);
 }
 
 static void router_pump(fa_relay *r, rlink *c)
 {
     while (pn_link_credit(c->link) > 0 && c->undelivered.n) {
         msg *m = fifo_pop(r, &c->undelivered);
-        unhold(r, m);
         bool settled = m->settled || c->presettled || c->dist == D_MULTICAST;
         pn_delivery_t *d = transmit(r, c, m, settled);
         if (!settled) {
@@ -521,11 +520,36 @@ static rlink *router_choose(node *n)
     return n->cons[chosen];
 }
 
+/* RouterCore._enqueue: qdrouterd's qdr_forward_deliver_CT. A pre-settled message
+ * meeting an undelivered list of window (linkCapacity) or more first discards every
+ * pre-settled message on it but the head (qdr_forward_drop_presettled_CT_LH). */
+static void router_enqueue(fa_relay *r, rlink *c, msg *m)
+{
+    fifo *f = &c->undelivered;
+    if (m->settled && f->n >= (size_t)r->window) {
+        msg *prev = f->head;
+        while (prev && prev->qnext) {
+            msg *old = prev->qnext;
+            if (!old->settled) { prev = old; continue; }
+            prev->qnext = old->qnext;
+            if (f->tail == old) f->tail = prev;
+            f->n--;
+            DROPN(r, FA_RC_STORED, 1);
+            router_drop(r);
+            msg_free(old);
+        }
+    }
+    fifo_push(r, f, m);
+    router_pump(r, c);
+}
+
 static void router_route(fa_relay *r, rlink *p, msg *m)
 {
     node *n = p->node;
+    /* A pre-settled message's credit comes back once it is routed (or dropped). */
+    mark_dirty(r, p);
     if (!n->ncons) {
-        if (m->settled) BUMP(r, FA_RC_DROPPED);
+        if (m->settled) router_drop(r);
         else settle_origin(r, m, PN_RELEASED, NULL);
         msg_free(m);
         return;
@@ -533,20 +557,11 @@ static void router_route(fa_relay *r, rlink *p, msg *m)
     if (p->dist == D_MULTICAST) {
         /* Forwarded pre-settled to every consumer; the router answers the producer. */
         settle_origin(r, m, PN_ACCEPTED, NULL);
-        for (int i = 0; i < n->ncons; i++) {
-            rlink *c = n->cons[i];
-            if (c->undelivered.n >= (size_t)r->window) { BUMP(r, FA_RC_DROPPED); continue; }
-            fifo_push(r, &c->undelivered, msg_new(m->b, true));
-            router_pump(r, c);
-        }
-        mark_dirty(r, p);
+        for (int i = 0; i < n->ncons; i++) router_enqueue(r, n->cons[i], msg_new(m->b, true));
         msg_free(m);
         return;
     }
-    rlink *c = router_choose(n);
-    p->held++;
-    fifo_push(r, &c->undelivered, m);
-    router_pump(r, c);
+    router_enqueue(r, router_choose(n), m);
 }
 
 /* ---------------------------------------------------------------- broker ---- */
@@ -779,8 +794,7 @@ static void link_gone(fa_relay *r, rlink *l)
          * producers (released if they wait for an outcome, else lost). */
         msg *m;
         while ((m = fifo_pop(r, &l->undelivered))) {
-            unhold(r, m);
-            if (m->settled) BUMP(r, FA_RC_DROPPED);
+            if (m->settled) router_drop(r);
             else settle_origin(r, m, PN_RELEASED, NULL);
             msg_free(m);
         }
@@ -883,8 +897,7 @@ static void on_incoming(fa_relay *r, pn_link_t *link, pn_delivery_t *d)
     if (!settled) {
         m->origin = d;
         prod_link(m, p);
-    } else if (r->mode == FA_RELAY_ROUTER) {
-        prod_link(m, p);   /* for `held` accounting only */
+        p->held++;
     }
     BUMP(r, FA_RC_RECEIVED);
     if (r->mode == FA_RELAY_ROUTER) router_route(r, p, m);
@@ -937,7 +950,6 @@ static int desired_credit(fa_relay *r, rlink *p)
 {
     if (r->mode == FA_RELAY_BROKER) return r->window;
     if (!p->node->ncons) return 0;   /* anycast: DISPATCH-1012; multicast: -1481 */
-    if (p->dist == D_MULTICAST) return r->window;
     int w = r->window - p->held;
     return w > 0 ? w : 0;
 }

@@ -17,11 +17,12 @@
 #define FA_RELAY_ROUTER 0
 #define FA_RELAY_BROKER 1
 
-/* Counter indices; names in the same order as FA_RELAY_COUNTER_NAMES in _relay.pyx. */
+/* Counter indices; names in the same order as COUNTER_NAMES in _relay.pyx (the
+ * cumulative ones are routing.COUNTER_NAMES, in its order). */
 enum {
     FA_RC_RECEIVED, FA_RC_FORWARDED, FA_RC_ACCEPTED, FA_RC_RELEASED, FA_RC_MODIFIED,
     FA_RC_REJECTED, FA_RC_DROPPED, FA_RC_ENQUEUED, FA_RC_REQUEUED, FA_RC_ACKNOWLEDGED,
-    FA_RC_CONNECTIONS_TOTAL, FA_RC_LINKS_TOTAL,
+    FA_RC_DROPPED_PRESETTLED, FA_RC_CONNECTIONS_TOTAL, FA_RC_LINKS_TOTAL,
     /* gauges */
     FA_RC_CONNECTIONS, FA_RC_LINKS, FA_RC_STORED,
     FA_RC_COUNT
@@ -32,7 +33,7 @@ typedef struct fa_relay fa_relay;
 /* All strings are copied. Returns NULL on allocation failure. */
 fa_relay *fa_relay_new(int mode, const char *host, int port, const char *container_id,
                        const char *product, const char *version, const char *router_id,
-                       int window);
+                       int window);   /* routing.DEFAULT_WINDOW: qdrouterd's linkCapacity */
 /* Binds, listens and starts the thread. Returns the bound port, or -1 with a message
  * in err. */
 int fa_relay_start(fa_relay *r, char *err, size_t errlen);

@@ -183,6 +183,10 @@ class Intermediary:
     ``sasl_mechanisms`` (space separated: ANONYMOUS, PLAIN, EXTERNAL) and ``ssl`` (a
     :class:`TLSConfig`) apply to listeners that do not set their own; ``users`` maps
     user name (``user`` or ``user@realm``) to password for PLAIN.
+
+    ``window`` is qdrouterd's ``linkCapacity`` (default 250): each producer's credit
+    window and, in router mode, the depth of a consumer's undelivered list at which
+    the router discards pre-settled deliveries (counter ``dropped_presettled``).
     """
 
     def __init__(self, mode: str = "router",

@@ -1,6 +1,7 @@
 """python -m fastamqp.intermediary --mode router|broker --listen 127.0.0.1:5672 [...]
 
-Runs in the foreground until SIGINT/SIGTERM, then prints the counters as JSON.
+Runs in the foreground until SIGINT/SIGTERM, then prints the counters as JSON. SIGUSR1
+prints them as one JSON line meanwhile (what the benchmarks read between phases).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import signal
 import sys
 import threading
 
-from . import Intermediary, Listener, TLSConfig
+from . import Intermediary, Listener, TLSConfig, routing
 
 
 def _endpoint(text: str):
@@ -30,6 +31,11 @@ def main(argv=None) -> int:
                     help="may be repeated; port 0 picks a free port (default 127.0.0.1:0)")
     ap.add_argument("--product", help="Open 'product' property (default by mode)")
     ap.add_argument("--router-id", default="fastamqp")
+    ap.add_argument("--link-capacity", type=int, default=routing.DEFAULT_WINDOW,
+                    metavar="N",
+                    help="qdrouterd's linkCapacity: a producer's credit window and, in "
+                         "router mode, the undelivered depth at which a consumer link "
+                         "discards its pre-settled deliveries (default %(default)s)")
     ap.add_argument("--idle-timeout", type=float, default=None,
                     help="seconds; ask clients for heartbeats")
     ap.add_argument("--listen-tls", action="append", type=_endpoint, metavar="HOST:PORT",
@@ -50,6 +56,8 @@ def main(argv=None) -> int:
                          "(one plain TCP listener, SASL ANONYMOUS, no fault hooks)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args(argv)
+    if args.link_capacity < 1:
+        ap.error("--link-capacity must be at least 1")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
 
     users = {}
@@ -82,11 +90,12 @@ def main(argv=None) -> int:
             ap.error("--engine c supports one plain --listen, SASL ANONYMOUS, and no "
                      "--listen-tls/--users-file/--idle-timeout (use --engine python)")
         im = Relay(mode=args.mode, host=listen[0][0], port=listen[0][1],
-                   product=args.product, router_id=args.router_id)
+                   product=args.product, router_id=args.router_id,
+                   window=args.link_capacity)
         return _serve(im, lambda: im.url.rstrip("/"))
     im = Intermediary(mode=args.mode, listen=listen,
                       product=args.product, router_id=args.router_id,
-                      idle_timeout=args.idle_timeout,
+                      window=args.link_capacity, idle_timeout=args.idle_timeout,
                       sasl_mechanisms=args.sasl_mechanisms, users=users)
     return _serve(im, lambda: " ".join(lst.url + (" (TLS)" if lst.ssl else "")
                                        for lst in im.listeners))
@@ -96,6 +105,9 @@ def _serve(im, where) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # The main thread only waits on `stop`, so printing from the handler is safe.
+    signal.signal(signal.SIGUSR1,
+                  lambda *_: print(json.dumps(im.counters, sort_keys=True), flush=True))
     im.start()
     print("fastamqp intermediary (%s, product %s) listening on %s"
           % (im.mode, im.product, where()),

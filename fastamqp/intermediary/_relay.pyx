@@ -23,10 +23,11 @@ cdef extern from "fa_relay.h" nogil:
     void fa_relay_free(fa_relay *r)
 
 
-# The order of the FA_RC_* indices in fa_relay.h.
+# The order of the FA_RC_* indices in fa_relay.h: routing.COUNTER_NAMES first
+# (tests/test_relay.py checks that), then the connection and link counts and gauges.
 COUNTER_NAMES = ("received", "forwarded", "accepted", "released", "modified", "rejected",
-                 "dropped", "enqueued", "requeued", "acknowledged", "connections_total",
-                 "links_total", "connections", "links", "stored")
+                 "dropped", "enqueued", "requeued", "acknowledged", "dropped_presettled",
+                 "connections_total", "links_total", "connections", "links", "stored")
 
 
 cdef class RelayCore:

@@ -42,7 +42,8 @@ class Relay:
     The members shared with ``Intermediary``: ``mode``, ``product``, ``port``, ``url``,
     ``urls``, ``ports``, ``counters``, ``running``, ``start()``, ``stop()``, context
     manager. Counters: routing.COUNTER_NAMES plus connections_total, links_total and
-    the gauges connections, links, stored (no per-address breakdown).
+    the gauges connections, links, stored (no per-address breakdown). ``window``: as
+    ``Intermediary``'s (qdrouterd's linkCapacity).
     """
 
     def __init__(self, mode: str = "router", host: str = "127.0.0.1", port: int = 0,

@@ -25,7 +25,9 @@ QUEUE = "queue"
 TOPIC = "topic"
 ANYCAST = (CLOSEST, BALANCED)
 
-# qdrouterd's linkCapacity default; also used as the broker's producer window.
+# qdrouterd's linkCapacity default (src/connection_manager.c): a producer's credit
+# window and, in router mode, the depth of a consumer's undelivered list at which the
+# router discards pre-settled deliveries; also used as the broker's producer window.
 DEFAULT_WINDOW = 250
 
 # The seed's qdrouterd.conf address blocks (legacy and routable syntax).
@@ -124,7 +126,10 @@ class Producer:
         self.id = next(_ids)
         self.address = address
         self.dist = None
-        self.held = 0          # our messages not yet handed to a consumer (router)
+        # Our unsettled deliveries the intermediary has not settled yet: they hold
+        # credit (router) as in qdrouterd, which replenishes a producer's credit when
+        # its delivery is settled end to end, and at once for a pre-settled one.
+        self.held = 0
         self.closed = False
         self.ref = ref         # server's handle
 
@@ -199,9 +204,12 @@ class FaultRules:
 # received/forwarded: deliveries in from producers / out to consumers (each multicast
 # copy counts); accepted..rejected: outcomes the intermediary gave producers; dropped:
 # discarded unseen; broker only: enqueued, requeued (released, modified or in flight to a
-# consumer that left), acknowledged (consumer accepted).
+# consumer that left), acknowledged (consumer accepted); router only: dropped_presettled,
+# qdrouterd's droppedPresettledDeliveries (qdstat -g "Dropped presettled deliveries"):
+# pre-settled deliveries discarded for want of a consumer, for a congested consumer
+# link, or with a consumer that left (in router mode every drop is one of these).
 COUNTER_NAMES = ("received", "forwarded", "accepted", "released", "modified", "rejected",
-                 "dropped", "enqueued", "requeued", "acknowledged")
+                 "dropped", "enqueued", "requeued", "acknowledged", "dropped_presettled")
 
 
 class Counters:
@@ -261,8 +269,12 @@ class _Core:
         if m.settled or m.origin is None:
             return
         origin, m.origin = m.origin, None
-        if m.producer is not None and m.producer.closed:
-            return
+        p = m.producer
+        if p is not None:
+            p.held -= 1
+            self.dirty.add(p)
+            if p.closed:
+                return
         self.counters.outcome(m.address, outcome)
         self.wire.settle(origin, outcome)
 
@@ -273,13 +285,16 @@ class _Core:
         m.producer = p
         m.address = p.address
         self.counters.bump(p.address, "received")
+        if not m.settled:
+            p.held += 1
+        # A pre-settled delivery's credit comes back once it is routed (or dropped).
+        self.dirty.add(p)
         forced = self.faults.forced_outcome(p.address)
         if forced is not None:
             if m.settled:
                 self._drop(m)
             else:
                 self._settle(m, forced)
-            self.dirty.add(p)
             return
         self._route(p, m)
 
@@ -344,7 +359,6 @@ class RouterCore(_Core):
         # producers (released if they wait for an outcome, else lost).
         while c.undelivered:
             m = c.undelivered.popleft()
-            self._unhold(m)
             if m.settled:
                 self._drop(m)
             else:
@@ -354,12 +368,10 @@ class RouterCore(_Core):
         c.unsettled.clear()
         self._dirty_address(c.address)
 
-    def _unhold(self, m: Message) -> None:
-        p = m.producer
-        if p is not None:
-            if p.held > 0:
-                p.held -= 1
-            self.dirty.add(p)
+    def _drop(self, m: Message) -> None:
+        # Every message a router drops is pre-settled (an unsettled one is released).
+        super()._drop(m)
+        self.counters.bump(m.address, "dropped_presettled")
 
     # -- credit ------------------------------------------------------------------
 
@@ -369,8 +381,6 @@ class RouterCore(_Core):
         if not self.consumers.get(p.address):
             # Anycast: DISPATCH-1012; multicast: DISPATCH-1481.
             return 0
-        if p.dist == MULTICAST:
-            return self.window
         return max(0, self.window - p.held)
 
     # -- forwarding --------------------------------------------------------------
@@ -409,23 +419,32 @@ class RouterCore(_Core):
             # producer itself.
             self._settle(m, ACCEPTED)
             for c in list(consumers):
-                if len(c.undelivered) >= self.window:
-                    self._drop(m)
-                    continue
-                c.undelivered.append(Message(m.data, True, None, None, m.address))
-                self.pump(c)
-            # The router took the message off the producer's hands: top its credit up.
-            self.dirty.add(p)
+                self._enqueue(c, Message(m.data, True, None, None, m.address))
             return
-        c = self._choose(p.address, p.dist)
-        p.held += 1
+        self._enqueue(self._choose(p.address, p.dist), m)
+
+    def _enqueue(self, c: Consumer, m: Message) -> None:
+        # qdrouterd (src/router_core/forwarder.c, qdr_forward_deliver_CT): a
+        # pre-settled delivery arriving at an outgoing link whose undelivered list (what
+        # waits for the consumer's credit) holds linkCapacity or more first discards
+        # every pre-settled delivery on that list but its head, which may be partly
+        # written (qdr_forward_drop_presettled_CT_LH). Unsettled ones stay: they hold
+        # their producer's credit, so they are bounded by the producers' windows.
+        if m.settled and len(c.undelivered) >= self.window:
+            head = c.undelivered.popleft()
+            kept = collections.deque([head])
+            for old in c.undelivered:
+                if old.settled:
+                    self._drop(old)
+                else:
+                    kept.append(old)
+            c.undelivered = kept
         c.undelivered.append(m)
         self.pump(c)
 
     def pump(self, c: Consumer) -> None:
         while c.credit > 0 and c.undelivered and not c.closed:
             m = c.undelivered.popleft()
-            self._unhold(m)
             settled = m.settled or c.presettled or c.dist == MULTICAST
             key = self._send(c, m, settled)
             if not settled:
