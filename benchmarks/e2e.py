@@ -79,8 +79,9 @@ WORKER = os.path.join(HERE, "e2e_worker.py")
 VENV_PY = os.path.join(ROOT, ".venv", "bin", "python")
 ORIG_PY = os.path.join(ROOT, ".venv-orig", "bin", "python")
 
-DRIVERS = ("c", "python", "orig", "rabbit", "c-rabbit")
-LABELS = {"c": "fastamqp C", "python": "fastamqp pure-Py", "orig": "original 14.9.3",
+DRIVERS = ("c", "c-ps", "python", "orig", "rabbit", "c-rabbit")
+LABELS = {"c": "fastamqp C", "c-ps": "fastamqp C, pre-settled",
+          "python": "fastamqp pure-Py", "orig": "original 14.9.3",
           "rabbit": "rabbit:// 0-9-1", "c-rabbit": "fastamqp C/RabbitMQ",
           "floor": "raw Proton C floor", "floor-direct": "raw C, no router"}
 FLOORS = ("floor", "floor-direct")
@@ -729,7 +730,7 @@ def main(argv=None):
     rows, failures = [], []
     try:
         ienv = _env_fastamqp(pure=False)
-        if any(d in a.drivers for d in ("c", "python", "orig")):
+        if any(d in a.drivers for d in ("c", "c-ps", "python", "orig")):
             router = (peers.External("router", a.router_url) if a.router_url
                       else start_intermediary("router", ienv, a.intermediary))
             broker = (peers.External("broker", a.broker_url) if a.broker_url
@@ -755,8 +756,13 @@ def main(argv=None):
             conditions["rabbitmq"] = rabbit.version
         for d in a.drivers:
             fan = router if a.fanout_via == "router" else broker
-            if d in ("c", "python"):
-                drv = Driver(d, VENV_PY, _env_fastamqp(d == "python"), router.url,
+            if d in ("c", "c-ps", "python"):
+                env = _env_fastamqp(d == "python")
+                if d == "c-ps":
+                    # Casts and notifications pre-settled, as the original sent casts:
+                    # what the confirmed default is compared with.
+                    env["FASTAMQP_E2E_PRE_SETTLED"] = "rpc-cast,rpc-reply,notify"
+                drv = Driver(d, VENV_PY, env, router.url,
                              broker.url, router, broker, a.timeout, fan.url, fan)
             elif d == "orig":
                 drv = Driver(d, ORIG_PY, _env_orig(), router.url, broker.url, router,

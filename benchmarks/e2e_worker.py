@@ -83,6 +83,11 @@ def _setup_oslo():
     from oslo_config import cfg
     # oslo.messaging 18.3's tracing options live on the global CONF: use it.
     cfg.CONF([], project="fastamqp-e2e")
+    pre_settled = os.environ.get("FASTAMQP_E2E_PRE_SETTLED")
+    if pre_settled:
+        from fastamqp import opts
+        opts.register_opts(cfg.CONF)
+        cfg.CONF.set_override("pre_settled", pre_settled.split(","), opts.GROUP)
     return cfg.CONF
 
 
