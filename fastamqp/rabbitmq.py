@@ -182,6 +182,10 @@ class RabbitMQAddresser(addressing.Addresser):
     def __init__(self, config, vhost=None, version=1):
         self._names = addressing.RoutableAddresser(config, vhost)
         self.version = version
+        # RabbitMQ 4.0 and 4.1 write a message to disk unless its header says
+        # durable = false explicitly (fastamqp.message.mark_non_durable); the rabbit
+        # driver's messages are not persistent either (amqp_durable_queues aside).
+        self.non_durable = version >= 2
         if version >= 2:
             self._queue, self._exchange = v2_queue, v2_exchange
         else:

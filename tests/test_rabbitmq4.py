@@ -195,6 +195,14 @@ def test_a_stopped_server_s_queue_keeps_requests(rabbit4, engine_impl, transport
     client = oslo_messaging.get_rpc_client(
         transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
     client.cast({}, "record", value="kept")
+    # Kept in memory, as the rabbit driver's (non-persistent) messages: the header
+    # says durable = false, which RabbitMQ 4.0 needs explicitly (else to disk).
+    _, queue = server_queue_names(topic, "host1")
+    deadline = time.monotonic() + 5
+    while rabbit4.queues()[queue]["messages"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rabbit4.queues()[queue]["messages"] == 1
+    assert rabbit4.queues()[queue]["messages_persistent"] == 0
     endpoint = Calculator()
     rpc_server = start_server(transports(url), endpoint, topic, "host1")
     try:
