@@ -510,7 +510,7 @@ class ProtonDriver(base.BaseDriver):
             address = addresser.resolve(target, addressing.SERVICE_NOTIFY)
         # RabbitMQ: the group without a pool (or on 4.x the topic's queue) exists
         # before the first notification, as the rabbit driver declares its queue.
-        self._declare_for_notifier(conn, target)
+        self._declare_for_notifier(conn, target, address)
         payload = codec.encode_notification(address, message, ctxt, version,
                                             serializer=self.serializer,
                                             non_durable=addresser.non_durable)
@@ -636,11 +636,12 @@ class ProtonDriver(base.BaseDriver):
         listener = Listener(self, subscription, connection=own, on_detach=release)
         return base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
 
-    def _declare_for_notifier(self, conn, target):
-        """RabbitMQ: the queue a notification to ``target`` is kept in until a
-        listener takes it -- with pools the group without a pool, on 4.x the topic's
-        queue -- declared once per connection (fastamqp.rabbitmq.Declarer). A failure
-        fails the send, naming the queue and the cause."""
+    def _declare_for_notifier(self, conn, target, address):
+        """RabbitMQ: the queue a notification to ``target`` (sent to ``address``) is
+        kept in until a listener takes it -- with pools the group without a pool, on
+        4.x the topic's queue -- declared once per connection
+        (fastamqp.rabbitmq.Declarer). A failure fails the send, naming the queue and
+        the cause."""
         declarer = self._declarers.get(conn)
         if declarer is None:
             return
@@ -648,7 +649,7 @@ class ProtonDriver(base.BaseDriver):
         plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
             [target], None, pools))
         try:
-            declarer.ensure(conn.peer, plan)
+            declarer.ensure(conn.peer, plan, key=address)
         except exceptions.DeclarationError as exc:
             raise om_exceptions.MessageDeliveryFailure(str(exc)) from None
 
