@@ -187,8 +187,9 @@ class RabbitMQAddresser(addressing.Addresser):
         self._names = addressing.RoutableAddresser(config, vhost)
         self.version = version
         # RabbitMQ 4.0 and 4.1 write a message to disk unless its header says
-        # durable = false explicitly (fastamqp.message.mark_non_durable); the rabbit
-        # driver's messages are not persistent either (amqp_durable_queues aside).
+        # durable = false explicitly (fastamqp.message.mark_non_durable). The rabbit
+        # driver's messages never reach the disk by default either (its queues are
+        # not durable without amqp_durable_queues); quorum queues keep every message.
         self.non_durable = version >= 2
         if version >= 2:
             self._queue, self._exchange = v2_queue, v2_exchange
