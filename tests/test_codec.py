@@ -654,16 +654,21 @@ def test_explicit_now(codec):
 # header and properties exactly as REFERENCE §3.8
 
 
-def _all_kinds(codec, serializer):
+def _all_kinds(codec, serializer, non_durable=False):
+    marked = {"non_durable": non_durable}
     return {
         "call": codec.encode_request("to", {"method": "m"}, {}, message_id="id",
-                                     reply_to="rt", timeout=30, serializer=serializer),
-        "cast": codec.encode_request("to", {"method": "m"}, {}, serializer=serializer),
-        "reply": codec.encode_reply("to", "cid", response=1, serializer=serializer),
-        "failure": codec.encode_reply("to", "cid", failure="{}", serializer=serializer),
+                                     reply_to="rt", timeout=30, serializer=serializer,
+                                     **marked),
+        "cast": codec.encode_request("to", {"method": "m"}, {}, serializer=serializer,
+                                     **marked),
+        "reply": codec.encode_reply("to", "cid", response=1, serializer=serializer,
+                                    **marked),
+        "failure": codec.encode_reply("to", "cid", failure="{}", serializer=serializer,
+                                      **marked),
         "notify": codec.encode_notification("to", {"event_type": "e"}, {},
-                                            serializer=serializer),
-        "heartbeat": codec.encode_heartbeat("to", "cid", 30),
+                                            serializer=serializer, **marked),
+        "heartbeat": codec.encode_heartbeat("to", "cid", 30, **marked),
     }
 
 
@@ -713,16 +718,7 @@ def test_non_durable_header(codec):
     RabbitMQ 4.0 taking a null or absent one as durable; the rest of the message is
     the same, and every reader takes it as the default header it is."""
     plain = _all_kinds(codec, "json")
-    marked = {
-        "call": codec.encode_request("to", {"method": "m"}, {}, message_id="id",
-                                     reply_to="rt", timeout=30, non_durable=True),
-        "cast": codec.encode_request("to", {"method": "m"}, {}, non_durable=True),
-        "reply": codec.encode_reply("to", "cid", response=1, non_durable=True),
-        "failure": codec.encode_reply("to", "cid", failure="{}", non_durable=True),
-        "notify": codec.encode_notification("to", {"event_type": "e"}, {},
-                                            non_durable=True),
-        "heartbeat": codec.encode_heartbeat("to", "cid", 30, non_durable=True),
-    }
+    marked = _all_kinds(codec, "json", non_durable=True)
     for kind, data in marked.items():
         found = amqp_strict.sections(data)
         assert [d for d, _, _ in found][:2] == [0x70, 0x73], kind
