@@ -13,6 +13,7 @@ Each behavioural test runs on both engines (``[python]``, ``[c]``).
 The shared fixtures (engine_impl, conf, transports, topic) and helpers come from
 test_rabbitmq.py, so the 3.x and 4.x tests are the same tests where they can be.
 """
+import json
 import os
 import re
 import threading
@@ -135,6 +136,11 @@ def test_queues_fastamqp_declares(rabbit4, engine_impl, transports, topic):
         assert q["auto_delete"] and q["arguments"]["x-expires"] == TTL * 1000
         replies = set(reply_queues(rabbit4)) - replies_before
         assert replies and all(reply_queues(rabbit4)[r]["auto_delete"] for r in replies)
+        # Replies are consumed settled: no acknowledgement per call.
+        consumers = json.loads(rabbit4.ctl("list_consumers", "-q", "--formatter", "json",
+                                           "queue_name", "ack_required"))
+        assert [c["ack_required"] for c in consumers
+                if c["queue_name"] in replies] == [False]
         bindings = rabbit4.bindings()
         assert ("amq.direct", shared, shared) in bindings
         assert ("amq.direct", own, own) in bindings
