@@ -269,6 +269,22 @@ def _env_fastamqp(pure):
     return env
 
 
+def _c_engine_missing():
+    """Why the c and c-rabbit drivers would not run the C engine, or None. They import
+    this tree (PYTHONPATH), which falls back to the pure-Python engine, with a warning
+    nobody sees, when its extension modules are not built in place."""
+    out = subprocess.run(
+        [VENV_PY, "-c", "from fastamqp import engine; print(engine.engine_name(), "
+         "engine.c_connection is not None)"],
+        env=_env_fastamqp(pure=False), cwd="/", capture_output=True, text=True)
+    if out.returncode == 0 and out.stdout.split() == ["c", "True"]:
+        return None
+    return ("the C engine is not built in this tree (%s/fastamqp/*.so): the c and "
+            "c-rabbit drivers would run the pure-Python engine. Build it in place, or "
+            "copy the .so files of .venv's installation (pip install . builds them) "
+            "into fastamqp/ and fastamqp/intermediary/" % ROOT)
+
+
 def _env_orig():
     # Nothing of this tree: fastamqp.egg-info on the path would register a second amqp.
     env = {k: v for k, v in os.environ.items()
@@ -719,6 +735,11 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         os.makedirs(a.profile, exist_ok=True)
+    if any(d in a.drivers for d in ("c", "c-rabbit")):
+        why = _c_engine_missing()
+        if why:
+            print("e2e: %s" % why, file=sys.stderr)
+            return 2
     if "orig" in a.drivers and not os.access(ORIG_PY, os.X_OK):
         print("e2e: %s missing: running scripts/setup-env-original" % ORIG_PY,
               flush=True)

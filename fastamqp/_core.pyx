@@ -12,7 +12,7 @@ python-qpid-proton's per-field Python/cffi layer around pn_message_t.
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from libc.string cimport strlen
+from libc.string cimport strlen, memcpy
 from libc.math cimport isfinite
 from libc.stdint cimport uint64_t, int64_t
 
@@ -153,7 +153,7 @@ cdef class _Scratch:
             pn.pn_data_free(self.walker)
         PyMem_Free(self.buf)
 
-    cdef bytes encode(self):
+    cdef bytes encode(self, bint non_durable=False):
         cdef size_t size
         cdef int rc
         cdef char *grown
@@ -161,7 +161,8 @@ cdef class _Scratch:
             size = self.cap
             rc = pn.pn_message_encode(self.msg, self.buf, &size)
             if rc == 0:
-                out = PyBytes_FromStringAndSize(self.buf, size)
+                out = (_non_durable(self.buf, size) if non_durable
+                       else PyBytes_FromStringAndSize(self.buf, size))
                 if self.cap > (1 << 20):
                     self._shrink()
                 return out
@@ -281,6 +282,27 @@ cdef object _opt_str(const char *value, str what):
     return _utf8(pn.pn_bytes(strlen(value), value), what)
 
 
+cdef bytes _non_durable(char *buf, size_t size):
+    """The encoded message with its header's durable field an explicit false: the
+    twin of fastamqp.message.mark_non_durable (whose comment says why and how)."""
+    cdef const unsigned char *b = <const unsigned char *>buf
+    cdef bytes out
+    cdef char *dst
+    if size >= 4 and b[0] == 0x00 and b[1] == 0x53 and b[2] == 0x70:
+        if b[3] == 0x45:
+            out = PyBytes_FromStringAndSize(NULL, size + 3)
+            dst = PyBytes_AS_STRING(out)
+            memcpy(dst, b"\x00\x53\x70\xc0\x02\x01\x42", 7)
+            memcpy(dst + 7, buf + 4, size - 4)
+            return out
+        if size >= 7 and b[3] == 0xC0 and b[5] >= 1 and (b[6] == 0x40 or b[6] == 0x42):
+            out = PyBytes_FromStringAndSize(buf, size)
+            PyBytes_AS_STRING(out)[6] = 0x42
+            return out
+    raise CodecError("cannot mark the message non-durable: unexpected header "
+                     + PyBytes_FromStringAndSize(buf, min(size, 8)).hex(" "))
+
+
 cdef inline uint64_t _ttl_ms(object seconds) except? 0:
     cdef double ms = <double>seconds * 1000.0
     if ms <= 0:
@@ -319,8 +341,9 @@ cdef int _start(_Scratch scratch, object address, object serializer, object data
 
 def encode_request(address, request, context, *, message_id=None, reply_to=None,
                    timeout=None, call_monitor_timeout=None, bint envelope=False,
-                   serializer=_ser.JSON, now=None):
-    """RPC call or cast (``message_id``/``reply_to`` for calls), or a notification."""
+                   serializer=_ser.JSON, now=None, bint non_durable=False):
+    """RPC call or cast (``message_id``/``reply_to`` for calls), or a notification.
+    ``non_durable``: the header says durable = false explicitly (message.py)."""
     if serializer is not _JSON:
         _check_serializer(serializer)
     cdef list keep = []
@@ -338,7 +361,7 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
     try:
         _start(scratch, address, serializer, data, keep)
         _set_request_properties(msg, message_id, reply_to, timeout, now, keep)
-        return scratch.encode()
+        return scratch.encode(non_durable)
     finally:
         _release(scratch)
 
@@ -361,14 +384,14 @@ cdef int _set_request_properties(pn.pn_message_t *msg, object message_id,
 
 
 def encode_notification(address, message, context, version=2.0, *,
-                        serializer=_ser.JSON):
+                        serializer=_ser.JSON, bint non_durable=False):
     """A notification: enveloped for message version 2.0, as oslo's notifier sends."""
     return encode_request(address, message, context, envelope=(version == 2.0),
-                          serializer=serializer)
+                          serializer=serializer, non_durable=non_durable)
 
 
 def encode_reply(address, correlation_id, response=None, failure=None, *,
-                 serializer=_ser.JSON):
+                 serializer=_ser.JSON, bint non_durable=False):
     """RPC reply: ``failure`` is the serialized remote exception (a JSON string)."""
     if serializer is not _JSON:
         _check_serializer(serializer)
@@ -380,12 +403,12 @@ def encode_reply(address, correlation_id, response=None, failure=None, *,
         _start(scratch, address, serializer,
                {"failure": failure} if failure else {"response": response}, keep)
         _set_id(scratch.msg, "correlation_id", correlation_id, True, keep)
-        return scratch.encode()
+        return scratch.encode(non_durable)
     finally:
         _release(scratch)
 
 
-def encode_heartbeat(address, correlation_id, ttl):
+def encode_heartbeat(address, correlation_id, ttl, *, bint non_durable=False):
     """Call-monitor heartbeat: no body section, just correlation-id and ttl."""
     cdef list keep = []
     if ttl is not None:
@@ -399,7 +422,7 @@ def encode_heartbeat(address, correlation_id, ttl):
         _set_id(msg, "correlation_id", correlation_id, True, keep)
         if ttl:
             pn.pn_message_set_ttl(msg, <pn.pn_millis_t>_ttl_ms(ttl))
-        return scratch.encode()
+        return scratch.encode(non_durable)
     finally:
         _release(scratch)
 

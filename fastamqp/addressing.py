@@ -68,6 +68,9 @@ class Addresser:
     """Builds the address strings of one syntax."""
 
     syntax = None
+    # Whether messages must say durable = false in their header (the codecs'
+    # non_durable): a peer that takes a message without it as durable (RabbitMQ 4).
+    non_durable = False
 
     def resolve(self, target, service=SERVICE_RPC):
         """The address a message to ``target`` is sent to: fanout, else a specific

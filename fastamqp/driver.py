@@ -137,9 +137,11 @@ class IncomingMessage(base.RpcIncomingMessage):
         driver = self._listener.driver
         try:
             conn = driver.connection()
-            payload = driver._addresser(conn.peer).heartbeat_payload(
+            addresser = driver._addresser(conn.peer)
+            payload = addresser.heartbeat_payload(
                 codec.encode_heartbeat(self._reply_to, self._correlation_id,
-                                       self.client_timeout))
+                                       self.client_timeout,
+                                       non_durable=addresser.non_durable))
             conn.send(self._reply_to, payload, presettled=True,
                       deadline=time.monotonic() + HEARTBEAT_SEND_TIMEOUT, retry=0)
         except Exception as exc:  # oslo: heartbeat() must not raise
@@ -153,10 +155,13 @@ class IncomingMessage(base.RpcIncomingMessage):
         try:
             # oslo passes failure as a sys.exc_info() tuple (rpc/server.py).
             failure_text = common.serialize_remote_exception(failure) if failure else None
+            conn = driver.connection()
             payload = codec.encode_reply(self._reply_to, self._correlation_id,
                                          response=reply, failure=failure_text,
-                                         serializer=driver.serializer)
-            driver.connection().send(
+                                         serializer=driver.serializer,
+                                         non_durable=driver._addresser(conn.peer)
+                                         .non_durable)
+            conn.send(
                 self._reply_to, payload, presettled="rpc-reply" in driver.pre_settled,
                 deadline=time.monotonic() + driver.options.default_reply_timeout,
                 retry=driver.options.default_reply_retry)
@@ -373,7 +378,8 @@ class ProtonDriver(base.BaseDriver):
         timeout_given = bool(timeout)
         deadline = time.monotonic() + (timeout or self.options.default_send_timeout)
         conn = self._active_connection(deadline, timeout_given)
-        address = self._addresser(conn.peer).resolve(target, addressing.SERVICE_RPC)
+        addresser = self._addresser(conn.peer)
+        address = addresser.resolve(target, addressing.SERVICE_RPC)
         at_least_once = bool(transport_options and transport_options.at_least_once)
         budget = None if retry is None or retry < 0 else retry
         released = 0                 # resends after the peer released the request
@@ -389,12 +395,13 @@ class ProtonDriver(base.BaseDriver):
                         address, message, ctxt, message_id=message_id,
                         reply_to=reply_to, timeout=timeout,
                         call_monitor_timeout=call_monitor_timeout,
-                        serializer=self.serializer)
+                        serializer=self.serializer, non_durable=addresser.non_durable)
                     presettled = "rpc-call" in self.pre_settled
                 else:
                     payload = codec.encode_request(address, message, ctxt,
                                                    timeout=timeout,
-                                                   serializer=self.serializer)
+                                                   serializer=self.serializer,
+                                                   non_durable=addresser.non_durable)
                     presettled = "rpc-cast" in self.pre_settled
                 result = self._send_once(conn, address, payload, presettled, deadline,
                                          retry, at_least_once, wait_for_reply, target)
@@ -503,9 +510,10 @@ class ProtonDriver(base.BaseDriver):
             address = addresser.resolve(target, addressing.SERVICE_NOTIFY)
         # RabbitMQ: the group without a pool (or on 4.x the topic's queue) exists
         # before the first notification, as the rabbit driver declares its queue.
-        self._declare_for_notifier(conn, target)
+        self._declare_for_notifier(conn, target, address)
         payload = codec.encode_notification(address, message, ctxt, version,
-                                            serializer=self.serializer)
+                                            serializer=self.serializer,
+                                            non_durable=addresser.non_durable)
         budget = None if retry is None or retry < 0 else retry
         presettled = "notify" in self.pre_settled
         released = 0
@@ -628,11 +636,12 @@ class ProtonDriver(base.BaseDriver):
         listener = Listener(self, subscription, connection=own, on_detach=release)
         return base.PollStyleListenerAdapter(listener, batch_size, batch_timeout)
 
-    def _declare_for_notifier(self, conn, target):
-        """RabbitMQ: the queue a notification to ``target`` is kept in until a
-        listener takes it -- with pools the group without a pool, on 4.x the topic's
-        queue -- declared once per connection (fastamqp.rabbitmq.Declarer). A failure
-        fails the send, naming the queue and the cause."""
+    def _declare_for_notifier(self, conn, target, address):
+        """RabbitMQ: the queue a notification to ``target`` (sent to ``address``) is
+        kept in until a listener takes it -- with pools the group without a pool, on
+        4.x the topic's queue -- declared once per connection
+        (fastamqp.rabbitmq.Declarer). A failure fails the send, naming the queue and
+        the cause."""
         declarer = self._declarers.get(conn)
         if declarer is None:
             return
@@ -640,7 +649,7 @@ class ProtonDriver(base.BaseDriver):
         plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
             [target], None, pools))
         try:
-            declarer.ensure(conn.peer, plan)
+            declarer.ensure(conn.peer, plan, key=address)
         except exceptions.DeclarationError as exc:
             raise om_exceptions.MessageDeliveryFailure(str(exc)) from None
 

@@ -29,6 +29,32 @@ ENVELOPE_VERSION = "2.0"
 # pn_millis_t is 32 bits: the longest ttl the header can carry.
 MAX_TTL_MS = 0xFFFFFFFF
 
+# ``non_durable=True`` (both codecs' encode_*): the header's durable field written as
+# an explicit false. Proton writes a false durable as null (or an empty header, list0),
+# which AMQP reads as false, but RabbitMQ 4.0 and 4.1 take a header without a boolean
+# durable (or no header) as durable and write the message to disk (mc_amqp); RabbitMQ
+# 4.x addressers ask for it (docs/rabbitmq.md). Proton always begins a message with its
+# header section: 00 53 70, then 45 (list0), or c0 <size> <count> and the fields, the
+# first being durable (40, null). The explicit header is c0 02 01 42 (one field,
+# false); with a ttl the 40 becomes 42 in place.
+HEADER_PREFIX = b"\x00\x53\x70"
+NON_DURABLE_HEADER = b"\x00\x53\x70\xc0\x02\x01\x42"
+
+
+def mark_non_durable(data):
+    """``data`` (a message as Proton encodes it) with its header's durable field an
+    explicit false (see NON_DURABLE_HEADER); the C codec does the same in _core."""
+    if data[:3] == HEADER_PREFIX:
+        if data[3] == 0x45:
+            return NON_DURABLE_HEADER + data[4:]
+        if data[3] == 0xC0 and data[5] >= 1 and data[6] == 0x40:
+            return data[:6] + b"\x42" + data[7:]
+        if data[3] == 0xC0 and data[5] >= 1 and data[6] == 0x42:
+            return data
+    raise CodecError(f"cannot mark the message non-durable: unexpected header "
+                     f"{bytes(data[:8]).hex(' ')}")
+
+
 # Message sections by descriptor code (AMQP 1.0 part 3.2), in the order they must appear.
 # Proton's pn_message_decode accepts truncated or trailing bytes silently (a reply cut
 # short decodes as a heartbeat), so both codecs first walk the sections with Proton's

@@ -64,6 +64,7 @@ its first notification to a topic on each connection.
 """
 import collections
 import dataclasses
+import functools
 import logging
 import re
 import ssl
@@ -128,10 +129,13 @@ def v1_exchange(exchange, key):
     return f"/exchange/{exchange.replace('/', '%2F')}/{key.replace('/', '%2F')}"
 
 
+@functools.lru_cache(maxsize=4096)
 def v2_queue(name):
     return "/queues/" + quote(name, safe="")
 
 
+# Cached: every message's address goes through it (quote() costs ~5 us a name).
+@functools.lru_cache(maxsize=4096)
 def v2_exchange(exchange, key):
     return f"/exchanges/{quote(exchange, safe='')}/{quote(key, safe='')}"
 
@@ -182,6 +186,11 @@ class RabbitMQAddresser(addressing.Addresser):
     def __init__(self, config, vhost=None, version=1):
         self._names = addressing.RoutableAddresser(config, vhost)
         self.version = version
+        # RabbitMQ 4.0 and 4.1 write a message to disk unless its header says
+        # durable = false explicitly (fastamqp.message.mark_non_durable). The rabbit
+        # driver's messages never reach the disk by default either (its queues are
+        # not durable without amqp_durable_queues); quorum queues keep every message.
+        self.non_durable = version >= 2
         if version >= 2:
             self._queue, self._exchange = v2_queue, v2_exchange
         else:
@@ -374,6 +383,7 @@ class Declarer:
         self._plans = []
         self._lock = threading.Lock()
         self._done = (None, frozenset())    # (peer, QueueSpecs declared on it)
+        self._keys = (None, frozenset())    # (peer, ensure() keys done on it)
         self.log = []                       # (QueueSpec, "declared" | error text)
 
     def add(self, plan):
@@ -398,14 +408,24 @@ class Declarer:
             specs.extend(plan.specs(peer, addresser))
         self._declare(peer, addresser, specs)
 
-    def ensure(self, peer, plan):
-        """Declare ``plan``'s queues on ``peer`` now (if not done there already)."""
+    def ensure(self, peer, plan, key=None):
+        """Declare ``plan``'s queues on ``peer`` now (if not done there already).
+        ``key`` names the plan (e.g. a notifier's address): once it is done on a
+        peer, a later call with it returns at once, without making the plan's specs
+        (the notifier's path, once per notification)."""
         if peer is None:
             return        # not connected yet: prepare() will, before any link
-        addresser = self._addresser_for(peer)
-        if getattr(addresser, "syntax", None) != RabbitMQAddresser.syntax:
+        last, keys = self._keys
+        if key is not None and last is peer and key in keys:
             return
-        self._declare(peer, addresser, plan.specs(peer, addresser))
+        addresser = self._addresser_for(peer)
+        if getattr(addresser, "syntax", None) == RabbitMQAddresser.syntax:
+            self._declare(peer, addresser, plan.specs(peer, addresser))
+        if key is not None:
+            with self._lock:
+                last, keys = self._keys
+                keys = keys if last is peer else frozenset()
+                self._keys = (peer, keys | {key})
 
     def _declare(self, peer, addresser, specs):
         with self._lock:

@@ -342,11 +342,11 @@ class RabbitNode:
         return f"amqp://{user}:{password}@127.0.0.1:{port}/{vhost}"
 
     def queues(self, vhost="/"):
-        """{queue name: {"messages", "consumers", "auto_delete", "exclusive",
-        "durable", "policy", "arguments"}} of ``vhost``."""
+        """{queue name: {"messages", "messages_persistent", "consumers",
+        "auto_delete", "exclusive", "durable", "policy", "arguments"}} of ``vhost``."""
         out = self.ctl("list_queues", "-q", "-p", vhost, "--formatter", "json", "name",
-                       "messages", "consumers", "auto_delete", "exclusive", "durable",
-                       "policy", "arguments")
+                       "messages", "messages_persistent", "consumers", "auto_delete",
+                       "exclusive", "durable", "policy", "arguments")
         queues = {}
         for q in json.loads(out):
             # [[name, type, value], ...] (an empty list: [] or {} by version)

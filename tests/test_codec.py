@@ -326,30 +326,34 @@ def test_ttl_clamped_to_header_range(codec):
                              "notify2"]),
        address=addresses, request=rpc_requests, context=contexts, message_id=message_ids,
        reply_to=addresses, timeout=timeouts, monitor=monitor_timeouts, now=nows,
-       response=json_values, serializer=serializers)
+       response=json_values, serializer=serializers, non_durable=st.booleans())
 def test_c_and_python_identical(both_codecs, kind, address, request, context, message_id,
-                                reply_to, timeout, monitor, now, response, serializer):
+                                reply_to, timeout, monitor, now, response, serializer,
+                                non_durable):
     outputs, decoded = [], []
     for codec in both_codecs:
         if kind == "call":
             data = codec.encode_request(address, request, context, message_id=message_id,
                                         reply_to=reply_to, timeout=timeout,
                                         call_monitor_timeout=monitor, now=now,
-                                        serializer=serializer)
+                                        serializer=serializer, non_durable=non_durable)
         elif kind == "cast":
-            data = codec.encode_request(address, request, context, serializer=serializer)
+            data = codec.encode_request(address, request, context, serializer=serializer,
+                                        non_durable=non_durable)
         elif kind == "reply":
             data = codec.encode_reply(address, message_id, response=response,
-                                      serializer=serializer)
+                                      serializer=serializer, non_durable=non_durable)
         elif kind == "failure":
             data = codec.encode_reply(address, message_id, failure=json.dumps(response),
-                                      serializer=serializer)
+                                      serializer=serializer, non_durable=non_durable)
         elif kind == "heartbeat":
-            data = codec.encode_heartbeat(address, message_id, timeout)
+            data = codec.encode_heartbeat(address, message_id, timeout,
+                                          non_durable=non_durable)
         else:
             data = codec.encode_notification(address, request, context,
                                              version=2.0 if kind == "notify2" else 1.0,
-                                             serializer=serializer)
+                                             serializer=serializer,
+                                             non_durable=non_durable)
         outputs.append(data)
     assert outputs[0] == outputs[1]
     # and each decodes the other's bytes (the same here) to equal results
@@ -650,16 +654,21 @@ def test_explicit_now(codec):
 # header and properties exactly as REFERENCE §3.8
 
 
-def _all_kinds(codec, serializer):
+def _all_kinds(codec, serializer, non_durable=False):
+    marked = {"non_durable": non_durable}
     return {
         "call": codec.encode_request("to", {"method": "m"}, {}, message_id="id",
-                                     reply_to="rt", timeout=30, serializer=serializer),
-        "cast": codec.encode_request("to", {"method": "m"}, {}, serializer=serializer),
-        "reply": codec.encode_reply("to", "cid", response=1, serializer=serializer),
-        "failure": codec.encode_reply("to", "cid", failure="{}", serializer=serializer),
+                                     reply_to="rt", timeout=30, serializer=serializer,
+                                     **marked),
+        "cast": codec.encode_request("to", {"method": "m"}, {}, serializer=serializer,
+                                     **marked),
+        "reply": codec.encode_reply("to", "cid", response=1, serializer=serializer,
+                                    **marked),
+        "failure": codec.encode_reply("to", "cid", failure="{}", serializer=serializer,
+                                      **marked),
         "notify": codec.encode_notification("to", {"event_type": "e"}, {},
-                                            serializer=serializer),
-        "heartbeat": codec.encode_heartbeat("to", "cid", 30),
+                                            serializer=serializer, **marked),
+        "heartbeat": codec.encode_heartbeat("to", "cid", 30, **marked),
     }
 
 
@@ -702,6 +711,29 @@ def test_header_and_properties(codec, serializer):
             assert header == [None, None, 30000], kind   # durable, priority, ttl
         else:
             assert header == [], kind   # Proton always writes an (empty) header
+
+
+def test_non_durable_header(codec):
+    """non_durable (RabbitMQ 4): the header's durable field is an explicit false (42),
+    RabbitMQ 4.0 taking a null or absent one as durable; the rest of the message is
+    the same, and every reader takes it as the default header it is."""
+    plain = _all_kinds(codec, "json")
+    marked = _all_kinds(codec, "json", non_durable=True)
+    for kind, data in marked.items():
+        found = amqp_strict.sections(data)
+        assert [d for d, _, _ in found][:2] == [0x70, 0x73], kind
+        if kind in ("call", "heartbeat"):
+            assert found[0][2] == [False, None, 30000], kind
+            assert data[:7] == bytes.fromhex("005370c0080342"), kind
+            assert len(data) == len(plain[kind]), kind
+        else:
+            assert found[0][2] == [False], kind
+            assert data[:7] == bytes.fromhex("005370c0020142"), kind
+            assert data[7:] == plain[kind][4:], kind
+        assert proton_decode(data).durable is False, kind
+        ours, theirs = codec.decode(data), codec.decode(plain[kind])
+        if kind != "call":   # a call's expiry follows the clock
+            assert ours == theirs, kind
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Each behavioural test runs on both engines (``[python]``, ``[c]``).
 The shared fixtures (engine_impl, conf, transports, topic) and helpers come from
 test_rabbitmq.py, so the 3.x and 4.x tests are the same tests where they can be.
 """
+import json
 import os
 import re
 import threading
@@ -135,6 +136,11 @@ def test_queues_fastamqp_declares(rabbit4, engine_impl, transports, topic):
         assert q["auto_delete"] and q["arguments"]["x-expires"] == TTL * 1000
         replies = set(reply_queues(rabbit4)) - replies_before
         assert replies and all(reply_queues(rabbit4)[r]["auto_delete"] for r in replies)
+        # Replies are consumed settled: no acknowledgement per call.
+        consumers = json.loads(rabbit4.ctl("list_consumers", "-q", "--formatter", "json",
+                                           "queue_name", "ack_required"))
+        assert [c["ack_required"] for c in consumers
+                if c["queue_name"] in replies] == [False]
         bindings = rabbit4.bindings()
         assert ("amq.direct", shared, shared) in bindings
         assert ("amq.direct", own, own) in bindings
@@ -195,6 +201,14 @@ def test_a_stopped_server_s_queue_keeps_requests(rabbit4, engine_impl, transport
     client = oslo_messaging.get_rpc_client(
         transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
     client.cast({}, "record", value="kept")
+    # Kept in memory, as the rabbit driver's (non-persistent) messages: the header
+    # says durable = false, which RabbitMQ 4.0 needs explicitly (else to disk).
+    _, queue = server_queue_names(topic, "host1")
+    deadline = time.monotonic() + 5
+    while rabbit4.queues()[queue]["messages"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rabbit4.queues()[queue]["messages"] == 1
+    assert rabbit4.queues()[queue]["messages_persistent"] == 0
     endpoint = Calculator()
     rpc_server = start_server(transports(url), endpoint, topic, "host1")
     try:

@@ -30,11 +30,12 @@ def _new_message(address, serializer, data):
     return msg
 
 
-def _encode(msg):
+def _encode(msg, non_durable=False):
     try:
-        return bytes(msg.encode())
+        data = bytes(msg.encode())
     except Exception as exc:  # proton raises MessageException, cffi TypeError/OverflowError
         raise CodecError(f"cannot encode AMQP message: {exc}") from None
+    return _message.mark_non_durable(data) if non_durable else data
 
 
 def _check_address(name, value):
@@ -114,8 +115,9 @@ def _ttl_ms(seconds):
 
 def encode_request(address, request, context, *, message_id=None, reply_to=None,
                    timeout=None, call_monitor_timeout=None, envelope=False,
-                   serializer=_ser.JSON, now=None):
-    """RPC call or cast (``message_id``/``reply_to`` for calls), or a notification."""
+                   serializer=_ser.JSON, now=None, non_durable=False):
+    """RPC call or cast (``message_id``/``reply_to`` for calls), or a notification.
+    ``non_durable``: the header says durable = false explicitly (message.py)."""
     _ser.check_serializer(serializer)
     _check_address("address", address)
     if envelope:
@@ -140,18 +142,18 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
         cproton.pn_message_set_ttl(msg._msg, _ttl_ms(timeout))
         wall = time.time() if now is None else now
         cproton.pn_message_set_expiry_time(msg._msg, int((wall + timeout) * 1000))
-    return _encode(msg)
+    return _encode(msg, non_durable)
 
 
 def encode_notification(address, message, context, version=2.0, *,
-                        serializer=_ser.JSON):
+                        serializer=_ser.JSON, non_durable=False):
     """A notification: enveloped for message version 2.0, as oslo's notifier sends."""
     return encode_request(address, message, context, envelope=(version == 2.0),
-                          serializer=serializer)
+                          serializer=serializer, non_durable=non_durable)
 
 
 def encode_reply(address, correlation_id, response=None, failure=None, *,
-                 serializer=_ser.JSON):
+                 serializer=_ser.JSON, non_durable=False):
     """RPC reply: ``failure`` is the serialized remote exception (a JSON string)."""
     _ser.check_serializer(serializer)
     _check_address("address", address)
@@ -161,10 +163,10 @@ def encode_reply(address, correlation_id, response=None, failure=None, *,
     data = {"failure": failure} if failure else {"response": response}
     msg = _new_message(address, serializer, data)
     msg.correlation_id = correlation_id
-    return _encode(msg)
+    return _encode(msg, non_durable)
 
 
-def encode_heartbeat(address, correlation_id, ttl):
+def encode_heartbeat(address, correlation_id, ttl, *, non_durable=False):
     """Call-monitor heartbeat: no body section, just correlation-id and ttl."""
     _check_address("address", address)
     _check_id("correlation_id", correlation_id)
@@ -175,7 +177,7 @@ def encode_heartbeat(address, correlation_id, ttl):
     msg.correlation_id = correlation_id
     if ttl:
         cproton.pn_message_set_ttl(msg._msg, _ttl_ms(ttl))
-    return _encode(msg)
+    return _encode(msg, non_durable)
 
 
 def _id_value(value):

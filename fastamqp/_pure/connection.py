@@ -333,6 +333,11 @@ class _ReplyLink:
             # RabbitMQ 4.1+ makes a temporary queue only for a dynamic source with
             # this capability; qdrouterd and qpidd ignore ones they do not know.
             self.link._pn_link.source.capabilities.put_symbol("temporary-queue")
+        else:
+            # A named reply queue (RabbitMQ): its messages settled. Replies are sent
+            # pre-settled anyway and the queue is this connection's own: an
+            # acknowledgement would only cost a disposition per call (as fa_io.c).
+            self.link._pn_link.snd_settle_mode = proton.Link.SND_SETTLED
         self.link.add_capacity(self.credit)
         self.link.open()
 

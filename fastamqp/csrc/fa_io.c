@@ -1623,6 +1623,13 @@ static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *entry, int cre
         pn_terminus_set_expiry_policy(src, PN_EXPIRE_NEVER);
     }
     free(parts);
+    if (!sub && !dynamic) {
+        /* A named reply queue (RabbitMQ): ask for its messages settled. Replies are
+         * sent pre-settled anyway and the queue is this connection's own, so an
+         * acknowledgement would only cost the broker and us a disposition per call
+         * (_pure.connection._ReplyLink does the same). */
+        pn_link_set_snd_settle_mode(r->link, PN_SND_SETTLED);
+    }
     pn_link_set_context(r->link, r);
     pn_link_open(r->link);
     pn_link_flow(r->link, credit);
