@@ -308,6 +308,7 @@ typedef struct rlink {               /* a receiver link of this connection */
 typedef struct cview {
     int credit;                       /* link credit less the sends waiting for it */
     int queued;                       /* sends queued by callers, not yet taken */
+    int flowing;                      /* the link has had credit: a consumer exists */
 } cview;
 
 typedef struct sender {
@@ -646,6 +647,11 @@ void fa_io_send(fa_io *io, fa_op *op)
     if (cv) {
         op->queued = 1;
         int room = cv->credit - cv->queued > 0;
+        /* A confirmed send is also taken while the link is only short of credit
+         * for the moment (it has had some: a consumer exists, merely busy): it
+         * waits in the window, not its caller. A link that never had credit keeps
+         * the rule of any send (no consumer: no credit by the deadline is an error). */
+        if (op->confirm && cv->flowing && io->held < io->window) room = 1;
         if (room && op->confirm && io->held < io->window) {
             op->held = 1;              /* taken: the I/O thread owns it from here */
             io->held++;
@@ -1421,6 +1427,7 @@ static void free_sender(fa_io *io, sender *s)
 {
     pthread_mutex_lock(&io->lock);
     s->cv->credit = 0;
+    s->cv->flowing = 0;
     pthread_mutex_unlock(&io->lock);
     free(s->address);
     free(s);
@@ -1658,6 +1665,7 @@ static void publish_credit(fa_io *io, sender *s, fa_op *taken)
     pthread_mutex_lock(&io->lock);
     if (taken && taken->queued) { s->cv->queued--; taken->queued = 0; }
     s->cv->credit = credit > 0 ? credit : 0;
+    s->cv->flowing = s->active && s->credit_seen;
     pthread_mutex_unlock(&io->lock);
 }
 
