@@ -2,7 +2,8 @@
 
 One I/O thread per connection runs a select() loop over the socket and a wake-up pipe.
 Other threads never touch pyngus or Proton: they queue a callable with
-``_call_soon`` and wait on a ``threading.Event`` (or a Condition for subscriptions).
+``_call_soon`` and wait on a ``threading.Event`` (or a Condition for subscriptions) --
+except a send that can be told its result at once (see ``Connection.send``).
 
 What it does, and why:
 * failover: hosts are tried round robin; the delay starts at retry_interval and is
@@ -14,7 +15,9 @@ What it does, and why:
   callers cannot tell apart); a
   confirmed send (``confirm=True``) completes once it is on the wire and within the
   send window, and the engine keeps it until the peer settles it
-  (fastamqp.interface.Connection.send);
+  (fastamqp.interface.Connection.send); both complete as soon as they are queued when
+  their link has credit for them (and a confirmed one room in the window), as in the
+  C engine (docs/engine.md);
 * sends whose outcome was unknown when the connection dropped are sent again on the
   next connection while their retry budget and deadline allow (§3.9 #8);
 * casts and notifications do not wait for the reply link (§3.9 #6);
@@ -53,6 +56,12 @@ _OUTCOMES = {
 # What a confirmed send's caller hears once the engine has taken the message.
 _TAKEN = SendResult(Outcome.ACCEPTED)
 
+# The ``done`` of a send whose caller was told ``_TAKEN`` when it queued the send and
+# never waits: already set, so every "has its caller been told?" check holds, and
+# the send costs no Event of its own.
+_TOLD_AT_ONCE = threading.Event()
+_TOLD_AT_ONCE.set()
+
 
 class _Encoded:
     """What pyngus sends: it calls ``encode()`` exactly when the transfer is written,
@@ -74,6 +83,12 @@ class _Send:
     """One send() call, alive until it has a result or an error; a confirmed one
     until the peer has settled it."""
 
+    # Slots: a busy connection has thousands alive (in flight, in the deadline heap),
+    # and every __dict__ is one more object for the garbage collector to walk.
+    __slots__ = ("in_doubt_resend", "address", "payload", "presettled", "confirm",
+                 "fanout", "deadline", "retries_left", "done", "result", "error",
+                 "counted_by", "taken", "held", "in_wwait", "ended", "attempts", "where")
+
     def __init__(self, address, payload, presettled, deadline, retry, in_doubt_resend=True,
                  confirm=False, fanout=False):
         self.in_doubt_resend = in_doubt_resend
@@ -84,9 +99,10 @@ class _Send:
         self.fanout = fanout
         self.deadline = deadline
         self.retries_left = None if retry is None or retry < 0 else retry
-        self.done = threading.Event()
+        self.done = None         # set by send(): an Event, or _TOLD_AT_ONCE
         self.result = None
         self.error = None
+        self.counted_by = None   # the _Sender whose credit view counts it until it runs
         # I/O thread only.
         self.taken = False       # its caller was released; the engine owns it
         self.held = False        # counted in the send window
@@ -122,6 +138,12 @@ class _Sender:
         self.active_since = 0.0
         self.last_used = time.monotonic()
         self.in_flight = {}                  # handle -> _Send, awaiting the outcome
+        # Shared with callers, under the engine's _lock: the credit a caller may take
+        # without waiting (the link's credit less the sends waiting for it and the
+        # sends callers have queued that this thread has not run yet), and those.
+        self.view = 0
+        self.queued = 0
+        self.retired = False                 # dropped: callers must not count on it
 
     def attach(self, pyngus_conn):
         name = f"fastamqp/sender/[{self.address}]/{next(self.engine._ids)}"
@@ -145,6 +167,7 @@ class _Sender:
                 since = self.active_since if self.active else now
                 self.engine._check_fanout_at(
                     max(since + policy.FANOUT_CREDIT_WAIT, now + 0.01), send)
+        self.publish()
 
     def _drain(self):
         # Hand sends to pyngus only while there is credit: pyngus would queue the rest
@@ -154,14 +177,38 @@ class _Sender:
             send = self.waiting.popleft()
             send.where = None
             self._transmit(send)
+        self.publish()
+
+    def publish(self):
+        """Tell callers how much credit they may take without waiting (I/O thread,
+        after anything that changes the link's credit or what waits for it)."""
+        credit = self.link.credit - len(self.waiting) if self.active else 0
+        engine = self.engine
+        with engine._lock:
+            if not self.retired:
+                self.view = credit - self.queued
+                engine._views[self.address] = self
+
+    def uncount(self):
+        """A send a caller counted against this link's credit has been run."""
+        with self.engine._lock:
+            self.queued -= 1
+
+    def retire(self):
+        """This sender is being dropped: callers stop counting on its credit (call
+        with the engine's _lock held)."""
+        self.retired = True
+        self.view = 0
+        if self.engine._views.get(self.address) is self:
+            del self.engine._views[self.address]
 
     @property
     def idle(self):
         return not self.waiting and not self.in_flight
 
     def _transmit(self, send):
-        if send.done.is_set() and not send.taken:
-            return  # its caller has already been told (deadline): never send late
+        if send.ended or (send.done.is_set() and not send.taken):
+            return  # given up, or its caller told of its deadline: never send late
         if send.presettled:
             # Complete after the next socket write: see _Encoded.
             self.link.send(_Encoded(send.payload, lambda: self.engine._written.append(send)))
@@ -536,7 +583,11 @@ class Connection(ControlPlane):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._wake_lock = threading.Lock()
+        # Guards what callers share with the I/O thread: the command queue and its
+        # wake-up flag, the credit views (_views, _Sender.view and .queued), the count
+        # of the send window (_held), and _ended.
+        self._lock = threading.Lock()
+        self._views = {}             # address -> _Sender whose credit callers may take
         self._wake_pending = False
         self._ended = False          # the I/O thread is gone and its pipe closed
         self._container = pyngus.Container(settings.container_id)
@@ -553,7 +604,7 @@ class Connection(ControlPlane):
         self._senders = {}
         self._deadlines = []         # heap of (when, seq, _Send, is a fanout check)
         self._window = max(1, int(settings.send_window))
-        self._held = 0               # confirmed sends taken, not yet settled
+        self._held = 0               # confirmed sends taken, not yet settled (_lock)
         self._wwait = collections.deque()   # confirmed sends waiting for room
         self._stats = dict.fromkeys(
             ("waiting_for_room", "settled", "resent_released", "resent_after_loss",
@@ -607,8 +658,38 @@ class Connection(ControlPlane):
             raise exceptions.EngineClosed("the connection was closed")
         send = _Send(address, payload, presettled, deadline, retry, in_doubt_resend,
                      confirm, fanout)
-        if not self._call_soon(lambda: self._submit(send)):
-            raise exceptions.EngineClosed("the connection's I/O thread has ended")
+        with self._lock:
+            if self._ended:
+                raise exceptions.EngineClosed("the connection's I/O thread has ended")
+            if self._closing:  # close() was called after the check above
+                raise exceptions.EngineClosed("the connection was closed")
+            # A pre-settled or confirmed send on a link with credit for it (and, when
+            # confirmed, room in the window) is told at once that it was taken, as in
+            # the C engine: the I/O thread owns it from here on, with the same rules
+            # as for one taken on the wire. Waiting for the I/O thread to say so was
+            # two thread switches per cast; the original driver paid one.
+            sender = self._views.get(address)
+            told = False
+            if sender is not None:
+                # Every send queued for this link is counted, told or not: the I/O
+                # thread runs them in order, and each takes a unit of its credit.
+                told = sender.view > 0 and (presettled or (
+                    send.confirm and self._held < self._window and not self._wwait))
+                sender.view -= 1
+                sender.queued += 1
+                send.counted_by = sender
+            if told:
+                send.done = _TOLD_AT_ONCE
+                send.result = _TAKEN
+                send.taken = True
+                if send.confirm:
+                    send.held = True
+                    self._held += 1
+            else:
+                send.done = threading.Event()
+            self._queue_locked(lambda: self._submit(send))
+        if told:
+            return _TAKEN
         send.done.wait(max(0.0, deadline - time.monotonic()) + 1.0)
         if not send.done.is_set():  # the I/O thread is stuck: never hang the caller
             send.finish(error=exceptions.SendTimeout(f"send to {address} timed out"))
@@ -652,18 +733,21 @@ class Connection(ControlPlane):
         # waits, and two green threads waiting to write the same pipe is an error.
         # The write stays under the lock so that the I/O thread cannot close the pipe
         # between the check and the write (EBADF, or a write to a reused descriptor).
-        with self._wake_lock:
+        with self._lock:
             if self._ended:
                 return False
-            self._commands.append(fn)
-            if self._wake_pending:
-                return True
+            self._queue_locked(fn)
+        return True
+
+    def _queue_locked(self, fn):
+        """``_call_soon`` with ``_lock`` held and the I/O thread known to be alive."""
+        self._commands.append(fn)
+        if not self._wake_pending:
             self._wake_pending = True
             try:
                 os.write(self._wake_w, b"x")
             except BlockingIOError:
                 pass
-        return True
 
     def _later(self, delay, fn):
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
@@ -673,6 +757,7 @@ class Connection(ControlPlane):
             if self._settings.sender_link_timeout > 0:
                 self._later(min(self._settings.sender_link_timeout / 2, 10.0),
                             self._purge_senders)
+            self._later(1.0, self._sweep_deadlines)
             self._connect()
             while not self._stopped.is_set():
                 self._loop_once()
@@ -681,7 +766,7 @@ class Connection(ControlPlane):
             self._fail_everything(exceptions.EngineClosed("the I/O thread crashed"))
         finally:
             self._teardown_socket()
-            with self._wake_lock:
+            with self._lock:
                 self._ended = True
                 os.close(self._wake_r)
                 os.close(self._wake_w)
@@ -691,6 +776,8 @@ class Connection(ControlPlane):
         timeout = 1.0
         if self._timers:
             timeout = min(timeout, max(0.0, self._timers[0][0] - now))
+        if self._deadlines:  # a send's deadline, or the look at a fanout's credit
+            timeout = min(timeout, max(0.0, self._deadlines[0][0] - now))
         readers, writers = [self._wake_r], []
         if self._pconn is not None:
             deadline = self._pconn.deadline
@@ -715,7 +802,7 @@ class Connection(ControlPlane):
                 os.read(self._wake_r, 65536)
             except BlockingIOError:
                 pass
-            with self._wake_lock:
+            with self._lock:
                 self._wake_pending = False
         while self._commands:
             self._commands.popleft()()
@@ -747,6 +834,7 @@ class Connection(ControlPlane):
         # Pre-settled transfers were handed to the transport before this write.
         if self._written and (self._pconn is None or self._pconn.has_output <= 0):
             for send in self._written:
+                send.ended = True
                 send.finish(SendResult(Outcome.ACCEPTED))
             self._written.clear()
 
@@ -766,8 +854,12 @@ class Connection(ControlPlane):
                 continue
             if send.taken:
                 # On the wire, its outcome decides (a connection loss brings it back);
-                # anywhere else it has had its time.
-                if send.where != "inflight":
+                # anywhere else it has had its time. A pre-settled one still not
+                # written is dropped unreported, as one lost in transit would be (at
+                # most once is what pre-settlement means).
+                if send.presettled:
+                    send.ended = True
+                elif send.where != "inflight":
                     self._give_up(send, "not settled by its deadline")
                 continue
             if send.done.is_set():
@@ -784,6 +876,19 @@ class Connection(ControlPlane):
             else:
                 text = f"no outcome for the message to {send.address} before its deadline"
             send.finish(error=exceptions.SendTimeout(text, no_credit=starved))
+
+    def _sweep_deadlines(self):
+        """Drop the entries of sends whose deadline can no longer matter: ended, or
+        their caller told and the engine not owning them. Left until their deadline
+        (a minute for a call), a busy connection's heap held that long's worth of
+        sends and payloads, and the garbage collector walked them all, again and
+        again."""
+        live = [entry for entry in self._deadlines
+                if not entry[2].ended and (entry[2].taken or not entry[2].done.is_set())]
+        if len(live) < len(self._deadlines):
+            heapq.heapify(live)
+            self._deadlines = live
+        self._later(1.0, self._sweep_deadlines)
 
     # ---- connection management (I/O thread) -----------------------------------
     def _connect(self):
@@ -915,6 +1020,9 @@ class Connection(ControlPlane):
                 send.finish(error=exceptions.SendFailure(
                     f"connection lost while writing the message to {send.address}"))
         self._written.clear()
+        with self._lock:
+            for sender in self._senders.values():
+                sender.retire()
         self._senders.clear()
         if self._shutting_down:
             self._finish_close()
@@ -927,6 +1035,8 @@ class Connection(ControlPlane):
         now = time.monotonic()
         for address, sender in list(self._senders.items()):
             if sender.idle and sender.link is not None and now - sender.last_used > timeout:
+                with self._lock:
+                    sender.retire()
                 del self._senders[address]
                 sender.link.close()
         self._later(min(timeout / 2, 10.0), self._purge_senders)
@@ -975,6 +1085,9 @@ class Connection(ControlPlane):
             sub.stop()
 
     def _submit(self, send):
+        if send.counted_by is not None:
+            send.counted_by.uncount()
+            send.counted_by = None
         if send.ended:
             return
         if self._shutting_down and not send.taken:
@@ -993,6 +1106,8 @@ class Connection(ControlPlane):
     def _sender_lost(self, sender, reason):
         if self._senders.get(sender.address) is not sender:
             return
+        with self._lock:
+            sender.retire()
         del self._senders[sender.address]
         try:
             sender.link.close()
@@ -1030,8 +1145,11 @@ class Connection(ControlPlane):
         let its caller wait for room (or for its own outcome)."""
         if send.done.is_set():
             return
-        if self._held < self._window:
-            self._held += 1
+        with self._lock:
+            room = self._held < self._window
+            if room:
+                self._held += 1
+        if room:
             send.held = send.taken = True
             send.finish(_TAKEN)
         else:
@@ -1051,12 +1169,18 @@ class Connection(ControlPlane):
         if not send.held:
             return
         send.held = False
-        self._held -= 1
-        while self._wwait and self._held < self._window:
+        # The room passes straight to the oldest send waiting for it: were it freed
+        # first, a caller taking the fast path in send() could have it instead.
+        while self._wwait:
             waiting = self._wwait.popleft()
             if waiting.in_wwait:
                 self._leave_wwait(waiting)
-                self._take_or_wait(waiting)
+                if not waiting.done.is_set():   # not told of its deadline
+                    waiting.held = waiting.taken = True
+                    waiting.finish(_TAKEN)
+                    return
+        with self._lock:
+            self._held -= 1
 
     def _fail(self, send, error):
         """``send`` will not go out (again). Its caller hears why; one whose caller
