@@ -1216,7 +1216,12 @@ static void *relay_main(void *arg)
         }
         if (poll(fds, nfds, timeout) < 0 && errno != EINTR) break;   /* fa_relay_alive() */
         if (fds[0].revents) fa_waker_clear(&r->stop_wake);
-        if (fds[1].revents & POLLIN) on_accept(r);
+        if (fds[1].revents & POLLIN) {
+            on_accept(r);
+            /* It may have grown (moved) the arrays; their entries came along. */
+            fds = r->fds;
+            owners = r->owners;
+        }
         for (size_t i = 2; i < nfds; i++) {
             conn *cn = owners[i];
             short re = fds[i].revents;
