@@ -123,14 +123,14 @@ cdef extern from "fa_io.h" nogil:
     void fa_call_unref(fa_call *call)
 
     fa_sub *fa_sub_new(fa_io *io, int credit)
-    void fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n)
-    void fa_io_subscribe(fa_io *io, fa_sub *sub)
+    int fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n)
+    int fa_io_subscribe(fa_io *io, fa_sub *sub)
     uint64_t fa_sub_id(fa_sub *sub)
     int fa_sub_take(fa_io *io, fa_sub *sub, fa_rec **out, int max, uint64_t *seq,
                     int *stopped)
     uint64_t fa_sub_wait(fa_io *io, fa_sub *sub, uint64_t seen, double deadline)
     void fa_sub_stop(fa_io *io, fa_sub *sub)
-    void fa_io_unsubscribe(fa_io *io, fa_sub *sub)
+    int fa_io_unsubscribe(fa_io *io, fa_sub *sub)
     void fa_sub_unref(fa_sub *sub)
 
     enum:
@@ -319,6 +319,8 @@ cdef class Engine:
         op.engine = self
         op.op = fa_op_new(self.io, encoded, payload, len(payload), presettled, deadline,
                           retry, in_doubt_resend, flags)
+        if op.op == NULL:
+            raise MemoryError()
         fa_io_send(self.io, op.op)
         return op
 
@@ -327,12 +329,16 @@ cdef class Engine:
         encoded = message_id.encode("utf-8")
         call.engine = self
         call.call = fa_call_new(self.io, encoded)
+        if call.call == NULL:
+            raise MemoryError()
         return call
 
     def subscription(self, int credit):
         cdef Sub sub = Sub.__new__(Sub)
         sub.engine = self
         sub.sub = fa_sub_new(self.io, credit)
+        if sub.sub == NULL:
+            raise MemoryError()
         return sub
 
     def __dealloc__(self):
@@ -455,12 +461,14 @@ cdef class Sub:
         try:
             for i in range(len(encoded)):
                 ptrs[i] = encoded[i]
-            fa_sub_set_addresses(self.engine.io, self.sub, ptrs, len(encoded))
+            if fa_sub_set_addresses(self.engine.io, self.sub, ptrs, len(encoded)) != 0:
+                raise MemoryError()
         finally:
             free(ptrs)
 
     def subscribe(self):
-        fa_io_subscribe(self.engine.io, self.sub)
+        if fa_io_subscribe(self.engine.io, self.sub) != 0:
+            raise MemoryError()
 
     def take(self, int max_batch):
         """(records, seq, stopped); each record is (payload, address, token)."""
@@ -494,7 +502,8 @@ cdef class Sub:
         fa_sub_stop(self.engine.io, self.sub)
 
     def unsubscribe(self):
-        fa_io_unsubscribe(self.engine.io, self.sub)
+        if fa_io_unsubscribe(self.engine.io, self.sub) != 0:
+            raise MemoryError()
 
     def __dealloc__(self):
         if self.sub != NULL:

@@ -13,18 +13,17 @@
  */
 #define _GNU_SOURCE
 #include "fa_io.h"
+#include "fa_wire.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,8 +63,6 @@ double fa_monotonic(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
-
-static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 static void abs_timespec(double deadline, struct timespec *ts)
 {
@@ -107,105 +104,6 @@ static uint64_t wait_unlocked(pthread_mutex_t *lock, pthread_cond_t *cond,
     uint64_t now = wait_seq(lock, cond, seq, seen, deadline);
     pthread_mutex_unlock(lock);
     return now;
-}
-
-/* A string-keyed hash map (chained), used for senders and calls. */
-typedef struct fa_entry { char *key; void *value; struct fa_entry *next; } fa_entry;
-typedef struct { fa_entry **buckets; size_t nbuckets, count; } fa_map;
-
-static uint64_t hash_str(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL;   /* FNV-1a */
-    while (*s) { h ^= (unsigned char)*s++; h *= 1099511628211ULL; }
-    return h;
-}
-
-static void map_init(fa_map *m)
-{
-    m->nbuckets = 64;
-    m->count = 0;
-    m->buckets = calloc(m->nbuckets, sizeof(fa_entry *));
-}
-
-static fa_entry **map_slot(fa_map *m, const char *key)
-{
-    fa_entry **p = &m->buckets[hash_str(key) & (m->nbuckets - 1)];
-    while (*p && strcmp((*p)->key, key) != 0) p = &(*p)->next;
-    return p;
-}
-
-static void *map_get(fa_map *m, const char *key)
-{
-    fa_entry *e = *map_slot(m, key);
-    return e ? e->value : NULL;
-}
-
-static void map_grow(fa_map *m)
-{
-    size_t n = m->nbuckets * 2, i;
-    fa_entry **b = calloc(n, sizeof(fa_entry *));
-    for (i = 0; i < m->nbuckets; i++) {
-        fa_entry *e = m->buckets[i];
-        while (e) {
-            fa_entry *next = e->next;
-            size_t h = hash_str(e->key) & (n - 1);
-            e->next = b[h];
-            b[h] = e;
-            e = next;
-        }
-    }
-    free(m->buckets);
-    m->buckets = b;
-    m->nbuckets = n;
-}
-
-/* Returns the value it replaced, if any. */
-static void *map_put(fa_map *m, const char *key, void *value)
-{
-    fa_entry **p = map_slot(m, key);
-    if (*p) {
-        void *old = (*p)->value;
-        (*p)->value = value;
-        return old;
-    }
-    fa_entry *e = malloc(sizeof *e);
-    e->key = strdup(key);
-    e->value = value;
-    e->next = NULL;
-    *p = e;
-    if (++m->count > m->nbuckets * 2) map_grow(m);
-    return NULL;
-}
-
-static void *map_del(fa_map *m, const char *key)
-{
-    fa_entry **p = map_slot(m, key);
-    fa_entry *e = *p;
-    if (!e) return NULL;
-    void *value = e->value;
-    *p = e->next;
-    free(e->key);
-    free(e);
-    m->count--;
-    return value;
-}
-
-/* Calls fn on every value and empties the map. */
-static void map_drain(fa_map *m, void (*fn)(void *, void *), void *arg)
-{
-    size_t i;
-    for (i = 0; i < m->nbuckets; i++) {
-        fa_entry *e = m->buckets[i];
-        m->buckets[i] = NULL;
-        while (e) {
-            fa_entry *next = e->next;
-            if (fn) fn(arg, e->value);
-            free(e->key);
-            free(e);
-            e = next;
-        }
-    }
-    m->count = 0;
 }
 
 /* ---- the shared objects --------------------------------------------------------- */
@@ -320,12 +218,11 @@ typedef struct sender {
     oplist waiting, inflight;
 } sender;
 
-enum { CMD_SUBSCRIBE = 1, CMD_UNSUBSCRIBE, CMD_ACTIVATE, CMD_CLOSE };
+enum { CMD_SUBSCRIBE = 1, CMD_UNSUBSCRIBE, CMD_ACTIVATE };
 typedef struct cmd {
     int kind;
     void *ptr;
     uint64_t generation;
-    double value;                     /* CMD_CLOSE: the drain time */
     char *text;
     struct cmd *next;
 } cmd;
@@ -355,9 +252,15 @@ struct fa_io {
     cmd *cmd_head, *cmd_tail;
     fa_op *sub_head, *sub_tail;       /* submitted sends */
     fa_rec *settle_head, *settle_tail;
-    int cmd_fd, cmd_wake_pending;
+    fa_waker cmd_wake;                /* wakes the I/O thread: commands, sends */
     fa_event *ev_head, *ev_tail;
-    int ev_r, ev_w, ev_wake_pending;
+    fa_waker ev_wake;                 /* a pipe: the dispatcher select()s on it */
+    fa_event *stopped_ev;             /* FA_EV_STOPPED, made up front: the last
+                                       * event must not depend on memory */
+    int close_req, abort_req;         /* fa_io_close / fa_io_abort, not commands: a
+                                       * close needs no memory */
+    double close_drain;
+    uint64_t activate_failed;         /* generation fa_io_activate could not queue */
     uint64_t status_seq;
     pthread_cond_t status_cond;
     int active, ended;
@@ -405,16 +308,15 @@ static void post_locked(fa_io *io, fa_event *ev)
     ev->next = NULL;
     if (io->ev_tail) io->ev_tail->next = ev; else io->ev_head = ev;
     io->ev_tail = ev;
-    if (!io->ev_wake_pending) {
-        io->ev_wake_pending = 1;
-        ssize_t r = write(io->ev_w, "x", 1);
-        (void)r;
-    }
+    fa_waker_wake(&io->ev_wake);
 }
 
+/* NULL when out of memory: callers drop what they meant to tell, or the connection
+ * when the dispatcher must hear it (on_remote_open). */
 static fa_event *new_event(int kind, uint64_t generation)
 {
     fa_event *ev = calloc(1, sizeof *ev);
+    if (!ev) return NULL;
     LIVE_ADD(FA_LIVE_EVENT, 1);
     ev->kind = kind;
     ev->generation = generation;
@@ -422,8 +324,20 @@ static fa_event *new_event(int kind, uint64_t generation)
     return ev;
 }
 
+/* An event whose text the dispatcher needs; NULL when out of memory. */
+static fa_event *new_text_event(int kind, uint64_t generation, const char *text)
+{
+    fa_event *ev = new_event(kind, generation);
+    if (ev && !(ev->text = strdup(text))) {
+        fa_event_free(ev);
+        return NULL;
+    }
+    return ev;
+}
+
 static void post(fa_io *io, fa_event *ev)
 {
+    if (!ev) return;
     pthread_mutex_lock(&io->lock);
     post_locked(io, ev);
     pthread_mutex_unlock(&io->lock);
@@ -435,9 +349,12 @@ static void changed_locked(fa_io *io, pthread_cond_t *cond, uint64_t *seq, uint6
     (*seq)++;
     pthread_cond_broadcast(cond);
     if (io->green) {
+        /* Out of memory: the green waiter wakes at its deadline instead. */
         fa_event *ev = new_event(FA_EV_WAKE, 0);
-        ev->wake_id = id;
-        post_locked(io, ev);
+        if (ev) {
+            ev->wake_id = id;
+            post_locked(io, ev);
+        }
     }
 }
 
@@ -471,42 +388,35 @@ fa_event *fa_io_take_events(fa_io *io)
     pthread_mutex_lock(&io->lock);
     fa_event *ev = io->ev_head;
     io->ev_head = io->ev_tail = NULL;
-    io->ev_wake_pending = 0;
+    /* The dispatcher reads the pipe itself (a green select() under eventlet). */
+    fa_waker_rearm(&io->ev_wake);
     pthread_mutex_unlock(&io->lock);
     return ev;
 }
 
-int fa_io_event_fd(fa_io *io) { return io->ev_r; }
+int fa_io_event_fd(fa_io *io) { return io->ev_wake.rfd; }
 
 static void wake_io_locked(fa_io *io)
 {
-    if (!io->cmd_wake_pending) {
-        uint64_t one = 1;
-        io->cmd_wake_pending = 1;
-        ssize_t r = write(io->cmd_fd, &one, sizeof one);
-        (void)r;
-    }
+    fa_waker_wake(&io->cmd_wake);
 }
 
-static void push_cmd_value(fa_io *io, int kind, void *ptr, uint64_t generation,
-                           const char *text, double value)
+/* 0, or -1 when out of memory (nothing queued). */
+static int push_cmd(fa_io *io, int kind, void *ptr, uint64_t generation, const char *text)
 {
     cmd *c = calloc(1, sizeof *c);
+    if (!c) return -1;
     c->kind = kind;
-    c->value = value;
     c->ptr = ptr;
     c->generation = generation;
-    c->text = dup_or_null(text);
+    c->text = fa_strdup(text);
+    if (text && !c->text) { free(c); return -1; }
     pthread_mutex_lock(&io->lock);
     if (io->cmd_tail) io->cmd_tail->next = c; else io->cmd_head = c;
     io->cmd_tail = c;
     wake_io_locked(io);
     pthread_mutex_unlock(&io->lock);
-}
-
-static void push_cmd(fa_io *io, int kind, void *ptr, uint64_t generation, const char *text)
-{
-    push_cmd_value(io, kind, ptr, generation, text, 0);
+    return 0;
 }
 
 uint64_t fa_io_next_id(fa_io *io)
@@ -575,16 +485,22 @@ static void heap_down(fa_io *io, size_t i)
     }
 }
 
-static void heap_add(fa_io *io, fa_op *op)
+/* 0, or -1 when out of memory. Never fails right after a heap_remove: the heap's
+ * room only grows. */
+static int heap_add(fa_io *io, fa_op *op)
 {
-    if (op->heap_idx != SIZE_MAX) return;
+    if (op->heap_idx != SIZE_MAX) return 0;
     if (io->heap_len == io->heap_cap) {
-        io->heap_cap = io->heap_cap ? io->heap_cap * 2 : 256;
-        io->heap = realloc(io->heap, io->heap_cap * sizeof(fa_op *));
+        size_t cap = io->heap_cap ? io->heap_cap * 2 : 256;
+        fa_op **heap = realloc(io->heap, cap * sizeof(fa_op *));
+        if (!heap) return -1;
+        io->heap = heap;
+        io->heap_cap = cap;
     }
     op->heap_idx = io->heap_len;
     io->heap[io->heap_len++] = op;
     heap_up(io, op->heap_idx);
+    return 0;
 }
 
 static void heap_remove(fa_io *io, fa_op *op)
@@ -608,11 +524,18 @@ fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t siz
                  int flags)
 {
     fa_op *op = calloc(1, sizeof *op);
+    if (!op) return NULL;
+    op->address = strdup(address);
+    op->payload = malloc(size ? size : 1);
+    if (!op->address || !op->payload) {
+        free(op->address);
+        free(op->payload);
+        free(op);
+        return NULL;                   /* the wrapper raises MemoryError */
+    }
     LIVE_ADD(FA_LIVE_OP, 1);
     op->refs = 1;
     op->id = fa_io_next_id(io);
-    op->address = strdup(address);
-    op->payload = malloc(size ? size : 1);
     memcpy(op->payload, payload, size);
     op->size = size;
     op->presettled = presettled;
@@ -643,7 +566,7 @@ void fa_io_send(fa_io *io, fa_op *op)
 {
     __atomic_add_fetch(&op->refs, 1, __ATOMIC_RELAXED);   /* the I/O thread's */
     pthread_mutex_lock(&io->lock);
-    cview *cv = map_get(&io->cviews, op->address);
+    cview *cv = fa_map_get(&io->cviews, op->address);
     if (cv) {
         op->queued = 1;
         int room = cv->credit - cv->queued > 0;
@@ -731,9 +654,9 @@ static void log_event(fa_io *io, int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    fa_event *ev = new_event(FA_EV_LOG, io->generation);
+    fa_event *ev = new_text_event(FA_EV_LOG, io->generation, text);
+    if (!ev) return;                   /* out of memory: the line is lost */
     ev->level = level;
-    ev->text = strdup(text);
     post(io, ev);
 }
 
@@ -850,15 +773,23 @@ static int op_may_retry(fa_op *op)
 fa_call *fa_call_new(fa_io *io, const char *message_id)
 {
     fa_call *call = calloc(1, sizeof *call);
-    LIVE_ADD(FA_LIVE_CALL, 1);
+    if (!call) return NULL;
+    call->key = strdup(message_id);
+    if (!call->key) { free(call); return NULL; }
     call->refs = 2;                   /* the Python wrapper and the map */
     call->id = fa_io_next_id(io);
-    call->key = strdup(message_id);
     init_cond(&call->cond);
+    LIVE_ADD(FA_LIVE_CALL, 1);
+    void *old = NULL;
     pthread_mutex_lock(&io->lock);
     call->generation = io->generation;
-    fa_call *old = map_put(&io->calls, message_id, call);
+    int rc = fa_map_put(&io->calls, message_id, call, &old);
     pthread_mutex_unlock(&io->lock);
+    if (rc != 0) {
+        call->refs = 1;                /* never registered: only the caller's */
+        fa_call_unref(call);
+        return NULL;
+    }
     if (old) fa_call_unref(old);
     return call;
 }
@@ -907,7 +838,7 @@ void fa_call_cancel(fa_io *io, fa_call *call)
 {
     fa_call *removed = NULL;
     pthread_mutex_lock(&io->lock);
-    if (map_get(&io->calls, call->key) == call) removed = map_del(&io->calls, call->key);
+    if (fa_map_get(&io->calls, call->key) == call) removed = fa_map_del(&io->calls, call->key);
     pthread_mutex_unlock(&io->lock);
     if (removed) fa_call_unref(removed);
 }
@@ -934,12 +865,8 @@ static void fail_calls(fa_io *io, int error, const char *text)
 {
     /* Calls stay registered until their waiters cancel them. */
     fail_args a = { io, error, text };
-    size_t i;
     pthread_mutex_lock(&io->lock);
-    for (i = 0; i < io->calls.nbuckets; i++) {
-        fa_entry *e;
-        for (e = io->calls.buckets[i]; e; e = e->next) fail_call_cb(&a, e->value);
-    }
+    fa_map_each(&io->calls, fail_call_cb, &a);
     pthread_mutex_unlock(&io->lock);
 }
 
@@ -948,6 +875,7 @@ static void fail_calls(fa_io *io, int error, const char *text)
 fa_sub *fa_sub_new(fa_io *io, int credit)
 {
     fa_sub *sub = calloc(1, sizeof *sub);
+    if (!sub) return NULL;             /* the wrapper raises MemoryError */
     LIVE_ADD(FA_LIVE_SUB, 1);
     sub->refs = 1;
     sub->id = fa_io_next_id(io);
@@ -961,15 +889,30 @@ uint64_t fa_sub_id(fa_sub *sub) { return sub->id; }
 static void free_addresses(char **addresses, int n)
 {
     int i;
+    if (!addresses) return;
     for (i = 0; i < n; i++) free(addresses[i]);
     free(addresses);
 }
 
-void fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n)
+/* A copy of n strings, or NULL when out of memory. */
+static char **copy_addresses(const char *const *addresses, int n)
 {
     char **copy = calloc(n ? n : 1, sizeof(char *));
     int i;
-    for (i = 0; i < n; i++) copy[i] = strdup(addresses[i]);
+    if (!copy) return NULL;
+    for (i = 0; i < n; i++) {
+        if (!(copy[i] = strdup(addresses[i]))) {
+            free_addresses(copy, i);
+            return NULL;
+        }
+    }
+    return copy;
+}
+
+int fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n)
+{
+    char **copy = copy_addresses(addresses, n);
+    if (!copy) return -1;
     pthread_mutex_lock(&io->lock);
     char **old = sub->addresses;
     int oldn = sub->naddresses;
@@ -977,6 +920,7 @@ void fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, 
     sub->naddresses = n;
     pthread_mutex_unlock(&io->lock);
     free_addresses(old, oldn);
+    return 0;
 }
 
 void fa_rec_free(fa_rec *rec)   /* one block with its strings */
@@ -996,23 +940,31 @@ void fa_sub_unref(fa_sub *sub)
     LIVE_ADD(FA_LIVE_SUB, -1);
 }
 
-void fa_io_subscribe(fa_io *io, fa_sub *sub)
+int fa_io_subscribe(fa_io *io, fa_sub *sub)
 {
     __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
-    push_cmd(io, CMD_SUBSCRIBE, sub, 0, NULL);
+    if (push_cmd(io, CMD_SUBSCRIBE, sub, 0, NULL) == 0) return 0;
+    fa_sub_unref(sub);
+    return -1;
 }
 
-void fa_io_unsubscribe(fa_io *io, fa_sub *sub)
+int fa_io_unsubscribe(fa_io *io, fa_sub *sub)
 {
     fa_sub_stop(io, sub);
     pthread_mutex_lock(&io->lock);
     int first = !sub->closed;
     sub->closed = 1;
     pthread_mutex_unlock(&io->lock);
-    if (first) {
-        __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
-        push_cmd(io, CMD_UNSUBSCRIBE, sub, 0, NULL);
-    }
+    if (!first) return 0;
+    __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
+    if (push_cmd(io, CMD_UNSUBSCRIBE, sub, 0, NULL) == 0) return 0;
+    /* Its links stay attached (stopped: nothing is handed out) until the connection
+     * ends; the caller hears MemoryError and may try again. */
+    pthread_mutex_lock(&io->lock);
+    sub->closed = 0;
+    pthread_mutex_unlock(&io->lock);
+    fa_sub_unref(sub);
+    return -1;
 }
 
 int fa_sub_take(fa_io *io, fa_sub *sub, fa_rec **out, int max, uint64_t *seq,
@@ -1069,20 +1021,34 @@ void fa_io_settle(fa_io *io, fa_rec *rec, int outcome)
 
 /* ---- engine lifecycle (Python threads) ------------------------------------------ */
 
+/* Whether a copy of an optional string failed. */
+#define LOST(copy, orig) ((orig) && !(copy))
+
 fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
 {
-    int i, pipefd[2];
+    int i, oom = 0;
     if (cfg->nhosts <= 0) {
         snprintf(err, errlen, "no host to connect to");
         return NULL;
     }
     fa_io *io = calloc(1, sizeof *io);
+    if (!io) { snprintf(err, errlen, "out of memory"); return NULL; }
     LIVE_ADD(FA_LIVE_ENGINE, 1);
+    /* What fa_io_free undoes comes first, so that any failure below can call it. */
+    pthread_mutex_init(&io->lock, NULL);
+    init_cond(&io->status_cond);
+    io->cmd_wake.rfd = io->cmd_wake.wfd = io->ev_wake.rfd = io->ev_wake.wfd = -1;
+    io->sock = -1;
     io->container_id = strdup(cfg->container_id ? cfg->container_id : "fastamqp");
-    io->vhost = dup_or_null(cfg->vhost);
-    io->nproperties = cfg->nproperties;
+    io->vhost = fa_strdup(cfg->vhost);
+    oom |= !io->container_id || LOST(io->vhost, cfg->vhost);
     io->properties = calloc(2 * cfg->nproperties + 1, sizeof(char *));
-    for (i = 0; i < 2 * cfg->nproperties; i++) io->properties[i] = strdup(cfg->properties[i]);
+    oom |= !io->properties;
+    if (io->properties) {
+        io->nproperties = cfg->nproperties;
+        for (i = 0; i < 2 * cfg->nproperties; i++)
+            oom |= !(io->properties[i] = strdup(cfg->properties[i]));
+    }
     io->idle_timeout = cfg->idle_timeout;
     io->retry_interval = cfg->retry_interval;
     io->retry_backoff = cfg->retry_backoff;
@@ -1093,44 +1059,59 @@ fa_io *fa_io_new(const fa_config *cfg, char *err, size_t errlen)
     io->trace = cfg->trace;
     io->tls = cfg->tls;
     io->green = cfg->green;
-    io->sasl_dir = dup_or_null(cfg->sasl_config_dir);
-    io->sasl_name = dup_or_null(cfg->sasl_config_name);
-    io->ca_file = dup_or_null(cfg->ca_file);
-    io->cert_file = dup_or_null(cfg->cert_file);
-    io->key_file = dup_or_null(cfg->key_file);
-    io->key_password = dup_or_null(cfg->key_password);
-    io->nhosts = cfg->nhosts;
+    io->sasl_dir = fa_strdup(cfg->sasl_config_dir);
+    io->sasl_name = fa_strdup(cfg->sasl_config_name);
+    io->ca_file = fa_strdup(cfg->ca_file);
+    io->cert_file = fa_strdup(cfg->cert_file);
+    io->key_file = fa_strdup(cfg->key_file);
+    io->key_password = fa_strdup(cfg->key_password);
+    oom |= LOST(io->sasl_dir, cfg->sasl_config_dir) ||
+           LOST(io->sasl_name, cfg->sasl_config_name) || LOST(io->ca_file, cfg->ca_file) ||
+           LOST(io->cert_file, cfg->cert_file) || LOST(io->key_file, cfg->key_file) ||
+           LOST(io->key_password, cfg->key_password);
     io->hosts = calloc(cfg->nhosts, sizeof(fa_host));
-    for (i = 0; i < cfg->nhosts; i++) {
-        const fa_host *h = &cfg->hosts[i];
-        io->hosts[i].hostname = strdup(h->hostname);
-        io->hosts[i].port = h->port;
-        io->hosts[i].user = dup_or_null(h->user);
-        io->hosts[i].password = dup_or_null(h->password);
-        io->hosts[i].mechs = dup_or_null(h->mechs);
-        io->hosts[i].peer_name = dup_or_null(h->peer_name);
+    oom |= !io->hosts;
+    if (io->hosts) {
+        io->nhosts = cfg->nhosts;
+        for (i = 0; i < cfg->nhosts; i++) {
+            const fa_host *h = &cfg->hosts[i];
+            fa_host *c = &io->hosts[i];
+            c->hostname = strdup(h->hostname);
+            c->port = h->port;
+            c->user = fa_strdup(h->user);
+            c->password = fa_strdup(h->password);
+            c->mechs = fa_strdup(h->mechs);
+            c->peer_name = fa_strdup(h->peer_name);
+            oom |= !c->hostname || LOST(c->user, h->user) || LOST(c->password, h->password) ||
+                   LOST(c->mechs, h->mechs) || LOST(c->peer_name, h->peer_name);
+        }
     }
-    pthread_mutex_init(&io->lock, NULL);
-    init_cond(&io->status_cond);
-    map_init(&io->calls);
-    map_init(&io->senders);
-    map_init(&io->cviews);
-    io->sock = -1;
-    io->delay = io->retry_interval;
-    io->lost_at = -1e9;               /* never connected: back off from the start */
-    io->window = cfg->window > 0 ? cfg->window : 1;
-    io->cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (io->cmd_fd < 0 || pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
-        snprintf(err, errlen, "cannot create the engine's wake-up descriptors: %s",
-                 strerror(errno));
-        if (io->cmd_fd >= 0) close(io->cmd_fd);
-        io->cmd_fd = io->ev_r = io->ev_w = -1;
+    oom |= fa_map_init(&io->calls) != 0;
+    oom |= fa_map_init(&io->senders) != 0;
+    oom |= fa_map_init(&io->cviews) != 0;
+    /* Room for the connection's own timers up front (add_timer): reconnecting never
+     * depends on memory. */
+    io->timers_cap = 16;
+    io->timers = calloc(io->timers_cap, sizeof(timer));
+    oom |= !io->timers;
+    io->stopped_ev = new_event(FA_EV_STOPPED, 0);
+    oom |= !io->stopped_ev;
+    io->scratch = pn_message();
+    oom |= !io->scratch;
+    if (oom) {
+        snprintf(err, errlen, "out of memory");
         fa_io_free(io);
         return NULL;
     }
-    io->ev_r = pipefd[0];
-    io->ev_w = pipefd[1];
-    io->scratch = pn_message();
+    io->delay = io->retry_interval;
+    io->lost_at = -1e9;               /* never connected: back off from the start */
+    io->window = cfg->window > 0 ? cfg->window : 1;
+    if (fa_waker_init(&io->cmd_wake, false) != 0 || fa_waker_init(&io->ev_wake, true) != 0) {
+        snprintf(err, errlen, "cannot create the engine's wake-up descriptors: %s",
+                 strerror(errno));
+        fa_io_free(io);
+        return NULL;
+    }
     return io;
 }
 
@@ -1145,12 +1126,24 @@ int fa_io_start(fa_io *io)
 
 void fa_io_activate(fa_io *io, uint64_t generation, const char *reply_address)
 {
-    push_cmd(io, CMD_ACTIVATE, NULL, generation, reply_address);
+    if (push_cmd(io, CMD_ACTIVATE, NULL, generation, reply_address) == 0) return;
+    /* The dispatcher cannot take an error here; a connection never activated would
+     * sit unused, so the I/O thread drops it instead and the next one tries again. */
+    pthread_mutex_lock(&io->lock);
+    io->activate_failed = generation;
+    wake_io_locked(io);
+    pthread_mutex_unlock(&io->lock);
 }
 
+/* Taken after the sends queued before it (run_commands): a cast that completed early
+ * (cview) and was followed by close() must still go out. */
 void fa_io_close(fa_io *io, double drain)
 {
-    push_cmd_value(io, CMD_CLOSE, NULL, 0, NULL, drain);
+    pthread_mutex_lock(&io->lock);
+    io->close_req = 1;
+    io->close_drain = drain;
+    wake_io_locked(io);
+    pthread_mutex_unlock(&io->lock);
 }
 
 void fa_io_stats(fa_io *io, fa_stats *out)
@@ -1164,7 +1157,11 @@ void fa_io_stats(fa_io *io, fa_stats *out)
 
 void fa_io_abort(fa_io *io)
 {
-    push_cmd(io, CMD_CLOSE, NULL, 1, NULL);    /* generation 1: do not wait for the peer */
+    pthread_mutex_lock(&io->lock);
+    io->close_req = io->abort_req = 1;  /* do not wait for the peer */
+    io->close_drain = 0;
+    wake_io_locked(io);
+    pthread_mutex_unlock(&io->lock);
 }
 
 int fa_io_join(fa_io *io, double timeout)
@@ -1194,7 +1191,8 @@ uint64_t fa_io_status(fa_io *io, char **reply_address)
 {
     pthread_mutex_lock(&io->lock);
     uint64_t seq = io->status_seq;
-    if (reply_address) *reply_address = dup_or_null(io->reply_address);
+    /* Out of memory this reads as "no reply address yet": the caller asks again. */
+    if (reply_address) *reply_address = fa_strdup(io->reply_address);
     pthread_mutex_unlock(&io->lock);
     return seq;
 }
@@ -1212,14 +1210,16 @@ void fa_io_free(fa_io *io)
     int i;
     if (!io) return;
     fa_event_free(io->ev_head);
-    map_drain(&io->calls, free_call_cb, NULL);
-    free(io->calls.buckets);
-    map_drain(&io->cviews, free_value_cb, NULL);
-    free(io->cviews.buckets);
-    free(io->senders.buckets);
+    fa_event_free(io->stopped_ev);
+    fa_map_drain(&io->calls, free_call_cb, NULL);
+    fa_map_free(&io->calls);
+    fa_map_drain(&io->cviews, free_value_cb, NULL);
+    fa_map_free(&io->cviews);
+    fa_map_free(&io->senders);
     cmd *c = io->cmd_head;
     while (c) { cmd *n = c->next; free(c->text); free(c); c = n; }
-    for (i = 0; i < 2 * io->nproperties; i++) free(io->properties[i]);
+    if (io->properties)
+        for (i = 0; i < 2 * io->nproperties; i++) free(io->properties[i]);
     free(io->properties);
     for (i = 0; i < io->nhosts; i++) {
         free((char *)io->hosts[i].hostname);
@@ -1235,9 +1235,8 @@ void fa_io_free(fa_io *io)
     free(io->heap);
     free(io->timers);
     if (io->scratch) pn_message_free(io->scratch);
-    if (io->cmd_fd >= 0) close(io->cmd_fd);
-    if (io->ev_r >= 0) close(io->ev_r);
-    if (io->ev_w >= 0) close(io->ev_w);
+    fa_waker_close(&io->cmd_wake);
+    fa_waker_close(&io->ev_wake);
     pthread_cond_destroy(&io->status_cond);
     pthread_mutex_destroy(&io->lock);
     free(io);
@@ -1246,19 +1245,31 @@ void fa_io_free(fa_io *io)
 
 /* ---- timers (I/O thread) --------------------------------------------------------- */
 
-static void add_timer(fa_io *io, double delay, int kind, fa_sub *sub, const char *address)
+/* The connection's own timers (T_RECONNECT, T_CONNECT_TIMEOUT, T_CLOSE_GRACE) are one
+ * of each at most, and always find room: a T_REATTACH leaves that many slots free.
+ * So only a T_REATTACH can fail (-1, out of memory). */
+#define OWN_TIMERS 3
+
+static int add_timer(fa_io *io, double delay, int kind, fa_sub *sub, const char *address)
 {
-    if (io->ntimers == io->timers_cap) {
-        io->timers_cap = io->timers_cap ? io->timers_cap * 2 : 16;
-        io->timers = realloc(io->timers, io->timers_cap * sizeof(timer));
+    size_t need = io->ntimers + 1 + (kind == T_REATTACH ? OWN_TIMERS : 0);
+    if (need > io->timers_cap) {
+        size_t cap = io->timers_cap * 2 > need ? io->timers_cap * 2 : need;
+        timer *grown = realloc(io->timers, cap * sizeof(timer));
+        if (!grown) return -1;
+        io->timers = grown;
+        io->timers_cap = cap;
     }
+    char *copy = fa_strdup(address);
+    if (address && !copy) return -1;
     timer *t = &io->timers[io->ntimers++];
     t->when = fa_monotonic() + delay;
     t->kind = kind;
     t->generation = io->generation;
     t->sub = sub;
-    t->address = dup_or_null(address);
+    t->address = copy;
     if (sub) __atomic_add_fetch(&sub->refs, 1, __ATOMIC_RELAXED);
+    return 0;
 }
 
 static void drop_timers(fa_io *io, int kind)
@@ -1279,6 +1290,7 @@ static void drop_timers(fa_io *io, int kind)
 
 static void connect_next(fa_io *io);
 static void connection_lost(fa_io *io, const char *fmt, ...);
+static void drop_for_memory(fa_io *io, const char *what);
 static void submit(fa_io *io, fa_op *op);
 
 static void schedule_reconnect(fa_io *io)
@@ -1296,21 +1308,6 @@ static void schedule_reconnect(fa_io *io)
     if (io->delay > io->retry_max) io->delay = io->retry_max;
     drop_timers(io, T_RECONNECT);
     add_timer(io, delay, T_RECONNECT, NULL, NULL);
-}
-
-static void put_properties(fa_io *io, pn_connection_t *c)
-{
-    int i;
-    if (!io->nproperties) return;
-    pn_data_t *d = pn_connection_properties(c);
-    pn_data_put_map(d);
-    pn_data_enter(d);
-    for (i = 0; i < io->nproperties; i++) {
-        const char *k = io->properties[2 * i], *v = io->properties[2 * i + 1];
-        pn_data_put_symbol(d, pn_bytes(strlen(k), k));
-        pn_data_put_string(d, pn_bytes(strlen(v), v));
-    }
-    pn_data_exit(d);
 }
 
 static int setup_tls(fa_io *io, pn_transport_t *t, const fa_host *h)
@@ -1332,6 +1329,18 @@ static int setup_tls(fa_io *io, pn_transport_t *t, const fa_host *h)
     }
     if (domain) pn_ssl_domain_free(domain);   /* the transport keeps its reference */
     return rc;
+}
+
+/* An attempt that never got a socket: the dispatcher hears why (unless there is no
+ * memory to tell it), and the next attempt follows the back-off. */
+static void connect_failed(fa_io *io, int index, const char *text)
+{
+    fa_event *ev = new_text_event(FA_EV_LOST, io->generation, text);
+    if (ev) {
+        ev->host = index;
+        post(io, ev);
+    }
+    schedule_reconnect(io);
 }
 
 static void connect_next(fa_io *io)
@@ -1358,8 +1367,7 @@ static void connect_next(fa_io *io)
         fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     res->ai_protocol);
         if (fd >= 0) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            fa_tcp_nodelay(fd);
             if (connect(fd, res->ai_addr, res->ai_addrlen) != 0 && errno != EINPROGRESS) {
                 int e = errno;
                 close(fd);
@@ -1369,24 +1377,27 @@ static void connect_next(fa_io *io)
         }
     }
     if (fd < 0) {
-        fa_event *ev = new_event(FA_EV_LOST, io->generation);
         char text[300];
-        ev->host = index;
         snprintf(text, sizeof text, "cannot connect to %s:%d: %s", h->hostname, h->port,
                  rc ? gai_strerror(rc) : strerror(errno));
-        ev->text = strdup(text);
         if (res) freeaddrinfo(res);
-        post(io, ev);
-        schedule_reconnect(io);
+        connect_failed(io, index, text);
         return;
     }
     freeaddrinfo(res);
 
     pn_connection_t *c = pn_connection();
     pn_transport_t *t = pn_transport();
+    if (!c || !t) {
+        if (c) pn_connection_free(c);
+        if (t) pn_transport_free(t);
+        close(fd);
+        connect_failed(io, index, "cannot connect: out of memory");
+        return;
+    }
     pn_connection_set_container(c, io->container_id);
     if (io->vhost) pn_connection_set_hostname(c, io->vhost);
-    put_properties(io, c);
+    fa_put_properties(c, (const char *const *)io->properties, io->nproperties);
     if (h->user) {
         pn_connection_set_user(c, h->user);
         pn_connection_set_password(c, h->password ? h->password : "");
@@ -1399,9 +1410,9 @@ static void connect_next(fa_io *io)
     if (io->sasl_dir) pn_sasl_config_path(sasl, io->sasl_dir);
     if (io->sasl_name) pn_sasl_config_name(sasl, io->sasl_name);
     if (io->tls && setup_tls(io, t, h) != 0) {
-        fa_event *ev = new_event(FA_EV_CONFIG_FAILED, io->generation);
-        ev->host = index;
-        ev->text = strdup("TLS configuration error");
+        fa_event *ev = new_text_event(FA_EV_CONFIG_FAILED, io->generation,
+                                      "TLS configuration error");
+        if (ev) ev->host = index;
         close(fd);
         pn_transport_free(t);
         pn_connection_free(c);
@@ -1410,7 +1421,11 @@ static void connect_next(fa_io *io)
         return;
     }
     if (io->trace && !h->password) pn_transport_trace(t, PN_TRACE_FRM);
-    pn_connection_driver_init(&io->driver, c, t);
+    if (pn_connection_driver_init(&io->driver, c, t) != 0) {
+        close(fd);                     /* the driver freed c and t */
+        connect_failed(io, index, "cannot connect: out of memory");
+        return;
+    }
     io->have_driver = 1;
     io->sock = fd;
     io->connecting = 1;
@@ -1499,40 +1514,43 @@ static void connection_lost(fa_io *io, const char *fmt, ...)
     vsnprintf(reason, sizeof reason, fmt, ap);
     va_end(ap);
 
-    fa_event *ev = new_event(FA_EV_LOST, io->generation);
-    ev->host = io->cur_host;
     pn_transport_t *t = io->driver.transport;
     pn_connection_t *c = io->driver.connection;
     pn_condition_t *cond = pn_connection_remote_condition(c);
-    ev->remote_closed = (pn_connection_state(c) & PN_REMOTE_CLOSED) != 0;
-    if (!(ev->remote_closed && pn_condition_is_set(cond))) cond = pn_transport_condition(t);
-    if (pn_condition_is_set(cond)) {
-        ev->cond_name = dup_or_null(pn_condition_get_name(cond));
-        ev->cond_desc = dup_or_null(pn_condition_get_description(cond));
-    }
-    pn_sasl_t *sasl = pn_sasl(t);
-    ev->sasl_outcome = (int)pn_sasl_outcome(sasl);
-    ev->mech = dup_or_null(pn_sasl_get_mech(sasl));
-    if (ev->cond_name)
+    int remote_closed = (pn_connection_state(c) & PN_REMOTE_CLOSED) != 0;
+    if (!(remote_closed && pn_condition_is_set(cond))) cond = pn_transport_condition(t);
+    const char *cond_name = pn_condition_is_set(cond) ? pn_condition_get_name(cond) : NULL;
+    const char *cond_desc = cond_name ? pn_condition_get_description(cond) : NULL;
+    if (cond_name)
         snprintf(io->lost_reason, sizeof io->lost_reason, "%s: %s: %s", reason,
-                 ev->cond_name, ev->cond_desc ? ev->cond_desc : "");
+                 cond_name, cond_desc ? cond_desc : "");
     else
         snprintf(io->lost_reason, sizeof io->lost_reason, "%s", reason);
-    ev->text = strdup(io->lost_reason);
+    /* Out of memory, the event is lost; the status change below still tells waiters. */
+    fa_event *ev = new_text_event(FA_EV_LOST, io->generation, io->lost_reason);
+    if (ev) {
+        pn_sasl_t *sasl = pn_sasl(t);
+        ev->host = io->cur_host;
+        ev->remote_closed = remote_closed;
+        ev->cond_name = fa_strdup(cond_name);
+        ev->cond_desc = fa_strdup(cond_desc);
+        ev->sasl_outcome = (int)pn_sasl_outcome(sasl);
+        ev->mech = fa_strdup(pn_sasl_get_mech(sasl));
+    }
 
     pthread_mutex_lock(&io->lock);
     io->active = 0;
     free(io->reply_address);
     io->reply_address = NULL;
     status_changed_locked(io);
-    post_locked(io, ev);
+    if (ev) post_locked(io, ev);
     pthread_mutex_unlock(&io->lock);
 
     /* Calls in flight lose their reply route with the reply link. */
     char text[340];
     snprintf(text, sizeof text, "connection lost: %s", io->lost_reason);
     fail_calls(io, FA_ERR_LOST, text);
-    map_drain(&io->senders, free_sender_cb, io);
+    fa_map_drain(&io->senders, free_sender_cb, io);
     requeue_written(io, &io->justsent);
     requeue_written(io, &io->written);
     drop_timers(io, T_CONNECT_TIMEOUT);
@@ -1547,6 +1565,17 @@ static void connection_lost(fa_io *io, const char *fmt, ...)
     teardown(io);
     if (io->closing) { io->quit = 1; return; }
     schedule_reconnect(io);
+}
+
+/* Out of memory on the I/O thread for something the connection cannot do without (a
+ * link, an event the dispatcher waits for, a message it cannot read): drop the
+ * connection, as a loss. What was in doubt goes again on the next one, the peer
+ * releases what it had delivered, and calls in flight fail with the reason. */
+static void drop_for_memory(fa_io *io, const char *what)
+{
+    if (!io->have_driver) return;
+    pn_connection_driver_close(&io->driver);
+    connection_lost(io, "out of memory (%s)", what);
 }
 
 /* ---- links (I/O thread) ----------------------------------------------------------- */
@@ -1579,11 +1608,12 @@ static pn_link_t *new_link(fa_io *io, int is_sender, const char *address, int dy
 
 /* Splits a subscription entry (fa_io.h) into its address, link name and source
  * capabilities; the two last are NULL for a plain address. Returns a malloc'd copy
- * that the three pointers point into. */
+ * that the three pointers point into, or NULL when out of memory. */
 static char *split_entry(const char *entry, const char **address, const char **name,
                          const char **caps)
 {
     char *copy = strdup(entry), *sep;
+    if (!copy) return NULL;
     *address = copy;
     *name = *caps = NULL;
     if ((sep = strchr(copy, FA_SOURCE_SEP))) {
@@ -1611,15 +1641,23 @@ static void put_capabilities(pn_data_t *data, const char *caps)
     pn_data_exit(data);
 }
 
+/* NULL when out of memory (nothing attached). */
 static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *entry, int credit,
                               int dynamic)
 {
     const char *address = NULL, *name = NULL, *caps = NULL;
     char *parts = entry ? split_entry(entry, &address, &name, &caps) : NULL;
     rlink *r = calloc(1, sizeof *r);
+    if (r) {
+        r->address = strdup(address ? address : "rpc-response");
+        r->spec = fa_strdup(entry);
+    }
+    if (!r || (entry && !parts) || !r->address || (entry && !r->spec)) {
+        if (r) { free(r->address); free(r->spec); free(r); }
+        free(parts);
+        return NULL;
+    }
     r->sub = sub;
-    r->address = strdup(address ? address : "rpc-response");
-    r->spec = entry ? strdup(entry) : NULL;
     r->credit = credit;
     r->link = new_link(io, 0, address, dynamic, dynamic ? "rpc-response" : address, name);
     if (name) {
@@ -1645,16 +1683,20 @@ static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *entry, int cre
     return r;
 }
 
-static void attach_sub(fa_io *io, fa_sub *sub)
+/* -1 when out of memory: the caller drops the connection (the next one attaches the
+ * subscription again). */
+static int attach_sub(fa_io *io, fa_sub *sub)
 {
-    int i;
+    int i, rc = 0;
     pthread_mutex_lock(&io->lock);
     int n = sub->naddresses, closed = sub->closed;
-    char **addresses = calloc(n ? n : 1, sizeof(char *));
-    for (i = 0; i < n; i++) addresses[i] = strdup(sub->addresses[i]);
+    char **addresses = copy_addresses((const char *const *)sub->addresses, n);
     pthread_mutex_unlock(&io->lock);
-    for (i = 0; i < n && !closed; i++) attach_receiver(io, sub, addresses[i], sub->credit, 0);
+    if (!addresses) return -1;
+    for (i = 0; i < n && !closed && rc == 0; i++)
+        if (!attach_receiver(io, sub, addresses[i], sub->credit, 0)) rc = -1;
     free_addresses(addresses, n);
+    return rc;
 }
 
 /* Tell callers the link's credit (cview); ``taken``: op is the I/O thread's now, no
@@ -1674,27 +1716,33 @@ static void taken_without_sender(fa_io *io, fa_op *op)
 {
     if (!op->queued) return;
     pthread_mutex_lock(&io->lock);
-    cview *cv = map_get(&io->cviews, op->address);
+    cview *cv = fa_map_get(&io->cviews, op->address);
     if (cv) cv->queued--;
     op->queued = 0;
     pthread_mutex_unlock(&io->lock);
 }
 
+/* NULL when out of memory. */
 static sender *get_sender(fa_io *io, const char *address)
 {
-    sender *s = map_get(&io->senders, address);
+    sender *s = fa_map_get(&io->senders, address);
     if (s) return s;
     s = calloc(1, sizeof *s);
-    s->address = strdup(address);
+    if (!s || !(s->address = strdup(address))) { free(s); return NULL; }
     pthread_mutex_lock(&io->lock);
-    s->cv = map_get(&io->cviews, address);
+    s->cv = fa_map_get(&io->cviews, address);
     if (!s->cv) {
-        s->cv = calloc(1, sizeof *s->cv);
-        map_put(&io->cviews, address, s->cv);
+        cview *cv = calloc(1, sizeof *cv);
+        if (cv && fa_map_put(&io->cviews, address, cv, NULL) == 0) s->cv = cv;
+        else free(cv);
     }
     pthread_mutex_unlock(&io->lock);
+    if (!s->cv || fa_map_put(&io->senders, address, s, NULL) != 0) {
+        free(s->address);             /* a cview stays for the io's life anyway */
+        free(s);
+        return NULL;
+    }
     s->last_used = fa_monotonic();
-    map_put(&io->senders, address, s);
     s->link = new_link(io, 1, address, 0, address, NULL);
     pn_link_set_context(s->link, s);
     pn_link_open(s->link);
@@ -1751,13 +1799,23 @@ static void submit(fa_io *io, fa_op *op)
         return;
     }
     if (op_abandoned(io, op)) { taken_without_sender(io, op); op_release(io, op); return; }
-    heap_add(io, op);
+    if (heap_add(io, op) != 0) {
+        /* Without its deadline it could wait for ever: fail it now. */
+        taken_without_sender(io, op);
+        op_fail(io, op, FA_ERR_SEND_FAILURE, "out of memory");
+        return;
+    }
     if (!io->activated) {
         taken_without_sender(io, op);
         list_push(&io->resubmit, op);
         return;
     }
     sender *s = get_sender(io, op->address);
+    if (!s) {
+        taken_without_sender(io, op);
+        op_fail(io, op, FA_ERR_SEND_FAILURE, "out of memory for a link to %s", op->address);
+        return;
+    }
     double now = fa_monotonic();
     s->last_used = now;
     if (s->active && pn_link_credit(s->link) > 0 && !s->waiting.head) {
@@ -1786,7 +1844,7 @@ static void submit(fa_io *io, fa_op *op)
 static void sender_lost(fa_io *io, sender *s, const char *why)
 {
     fa_op *op;
-    map_del(&io->senders, s->address);
+    fa_map_del(&io->senders, s->address);
     pn_link_set_context(s->link, NULL);
     pn_link_close(s->link);
     while ((op = list_pop(&s->inflight)) || (op = list_pop(&s->waiting))) {
@@ -1817,7 +1875,8 @@ static void receiver_lost(fa_io *io, rlink *r)
     pthread_mutex_lock(&io->lock);
     int closed = r->sub->closed;
     pthread_mutex_unlock(&io->lock);
-    if (!closed) add_timer(io, io->link_retry_delay, T_REATTACH, r->sub, r->spec);
+    if (!closed && add_timer(io, io->link_retry_delay, T_REATTACH, r->sub, r->spec) != 0)
+        drop_for_memory(io, "re-attaching a subscription");
 }
 
 static void describe_condition(pn_condition_t *cond, char *out, size_t len)
@@ -1837,11 +1896,13 @@ static void refill(rlink *r)
     if (credit <= (r->credit + 1) / 2) pn_link_flow(r->link, r->credit - credit);
 }
 
+/* NULL when out of memory. */
 static char *read_delivery(pn_link_t *l, pn_delivery_t *d, size_t *size, size_t head)
 {
     /* head: bytes to reserve in front (the record). */
     size_t cap = pn_delivery_pending(d), len = 0;
     char *buf = malloc(head + cap + 1);
+    if (!buf) return NULL;
     for (;;) {
         ssize_t n = pn_link_recv(l, buf + head + len, cap - len);
         if (n == PN_EOS || n < 0) break;
@@ -1850,7 +1911,9 @@ static char *read_delivery(pn_link_t *l, pn_delivery_t *d, size_t *size, size_t 
             size_t more = pn_delivery_pending(d);
             if (!more) break;
             cap += more;
-            buf = realloc(buf, head + cap + 1);
+            char *grown = realloc(buf, head + cap + 1);
+            if (!grown) { free(buf); return NULL; }
+            buf = grown;
         }
     }
     *size = len;
@@ -1861,6 +1924,12 @@ static void on_reply(fa_io *io, rlink *r, pn_delivery_t *d)
 {
     size_t size;
     char *payload = read_delivery(r->link, d, &size, 0);
+    if (!payload) {
+        /* Whose reply it is cannot be known: the connection goes, and with it the
+         * reply link, which fails the calls in flight. */
+        drop_for_memory(io, "reading a reply");
+        return;
+    }
     pn_link_advance(r->link);
     pn_message_t *m = io->scratch;
     pn_message_clear(m);
@@ -1884,7 +1953,7 @@ static void on_reply(fa_io *io, rlink *r, pn_delivery_t *d)
         int heartbeat = !pn_data_next(body) || pn_data_type(body) == PN_NULL ||
                         (pn_data_type(body) == PN_BINARY && pn_data_get_binary(body).size == 0);
         pthread_mutex_lock(&io->lock);
-        fa_call *call = key[0] ? map_get(&io->calls, key) : NULL;
+        fa_call *call = key[0] ? fa_map_get(&io->calls, key) : NULL;
         if (call && call->state == FA_PENDING) {
             if (heartbeat) {
                 call->beats++;
@@ -1917,6 +1986,12 @@ static void on_message(fa_io *io, rlink *r, pn_delivery_t *d)
     size_t alen = strlen(r->address), size;
     size_t head = sizeof(fa_rec) + alen + 1;
     char *block = read_delivery(r->link, d, &size, head);
+    if (!block) {
+        /* Unsettled, the peer has it back when the connection goes; pre-settled, it
+         * is lost as one in transit would be. */
+        drop_for_memory(io, "reading a message");
+        return;
+    }
     pn_link_advance(r->link);
     fa_rec *rec = (fa_rec *)block;
     LIVE_ADD(FA_LIVE_REC, 1);
@@ -2053,22 +2128,35 @@ static void on_remote_open(fa_io *io, pn_connection_t *c)
     drop_timers(io, T_CONNECT_TIMEOUT);
     if (io->trace && io->hosts[io->cur_host].password)
         pn_transport_trace(io->driver.transport, PN_TRACE_FRM);   /* after SASL */
+    /* The dispatcher answers this event with the addresses to use (they depend on the
+     * peer's properties): without it, or with it incomplete, the connection would
+     * never be used. Out of memory, the connection goes instead. */
+    int oom = 0;
     fa_event *ev = new_event(FA_EV_OPENED, io->generation);
+    if (!ev) { drop_for_memory(io, "the peer's Open"); return; }
     ev->host = io->cur_host;
-    ev->text = dup_or_null(pn_connection_remote_container(c));
-    ev->mech = dup_or_null(pn_sasl_get_mech(pn_sasl(io->driver.transport)));
+    const char *container = pn_connection_remote_container(c);
+    const char *mech = pn_sasl_get_mech(pn_sasl(io->driver.transport));
+    ev->text = fa_strdup(container);
+    ev->mech = fa_strdup(mech);
+    oom |= LOST(ev->text, container) || LOST(ev->mech, mech);
     if (io->tls) {
         pn_ssl_t *ssl = pn_ssl(io->driver.transport);
         char buf[128];
-        ev->tls_subject = dup_or_null(pn_ssl_get_remote_subject(ssl));
-        if (pn_ssl_get_protocol_name(ssl, buf, sizeof buf)) ev->tls_protocol = strdup(buf);
-        if (pn_ssl_get_cipher_name(ssl, buf, sizeof buf)) ev->tls_cipher = strdup(buf);
+        const char *subject = pn_ssl_get_remote_subject(ssl);
+        ev->tls_subject = fa_strdup(subject);
+        oom |= LOST(ev->tls_subject, subject);
+        if (pn_ssl_get_protocol_name(ssl, buf, sizeof buf))
+            oom |= !(ev->tls_protocol = strdup(buf));
+        if (pn_ssl_get_cipher_name(ssl, buf, sizeof buf))
+            oom |= !(ev->tls_cipher = strdup(buf));
     }
     pn_data_t *p = pn_connection_remote_properties(c);
     pn_data_rewind(p);
-    if (pn_data_next(p) && pn_data_type(p) == PN_MAP) {
+    if (!oom && pn_data_next(p) && pn_data_type(p) == PN_MAP) {
         size_t n = pn_data_get_map(p) / 2, k = 0;
         ev->props = calloc(2 * n + 1, sizeof(char *));
+        if (!ev->props) n = 0, oom = 1;
         pn_data_enter(p);
         while (pn_data_next(p)) {
             pn_type_t kt = pn_data_type(p);
@@ -2080,11 +2168,17 @@ static void on_remote_open(fa_io *io, pn_connection_t *c)
                 pn_bytes_t v = vt == PN_STRING ? pn_data_get_string(p) : pn_data_get_symbol(p);
                 ev->props[2 * k] = strndup(key.start, key.size);
                 ev->props[2 * k + 1] = strndup(v.start, v.size);
+                oom |= !ev->props[2 * k] || !ev->props[2 * k + 1];
                 k++;
             }
         }
         pn_data_exit(p);
         ev->nprops = (int)k;
+    }
+    if (oom) {
+        fa_event_free(ev);
+        drop_for_memory(io, "the peer's Open");
+        return;
     }
     post(io, ev);
 }
@@ -2113,11 +2207,16 @@ static void activate(fa_io *io, uint64_t generation, const char *reply_address)
     pthread_mutex_unlock(&io->lock);
     io->reply_link = attach_receiver(io, NULL, reply_address, io->reply_credit,
                                      reply_address == NULL);
-    for (sub = io->subs; sub; sub = sub->io_next) attach_sub(io, sub);
+    if (!io->reply_link) { drop_for_memory(io, "the reply link"); return; }
+    for (sub = io->subs; sub; sub = sub->io_next) {
+        if (attach_sub(io, sub) != 0) { drop_for_memory(io, "a subscription"); return; }
+    }
+    fa_event *active = new_event(FA_EV_ACTIVE, io->generation);
+    if (!active) { drop_for_memory(io, "activating"); return; }
     pthread_mutex_lock(&io->lock);
     io->active = 1;
     status_changed_locked(io);
-    post_locked(io, new_event(FA_EV_ACTIVE, io->generation));
+    post_locked(io, active);
     pthread_mutex_unlock(&io->lock);
     if (io->lost_inflight)
         log_event(io, FA_LOG_INFO, "sending again %ld message(s) that were not settled "
@@ -2148,12 +2247,19 @@ static void on_link_remote_open(fa_io *io, pn_link_t *l)
     } else if ((rlink *)ctx == io->reply_link) {
         const char *address = pn_terminus_get_address(pn_link_remote_source(l));
         if (!address) return;          /* refused: a detach follows */
+        char *copy = strdup(address);
+        fa_event *ev = new_text_event(FA_EV_REPLY_READY, io->generation, address);
+        if (!copy || !ev) {
+            /* Calls need the reply address: without it the connection is no use. */
+            free(copy);
+            fa_event_free(ev);
+            drop_for_memory(io, "the reply address");
+            return;
+        }
         pthread_mutex_lock(&io->lock);
         free(io->reply_address);
-        io->reply_address = strdup(address);
+        io->reply_address = copy;
         status_changed_locked(io);
-        fa_event *ev = new_event(FA_EV_REPLY_READY, io->generation);
-        ev->text = strdup(address);
         post_locked(io, ev);
         pthread_mutex_unlock(&io->lock);
     }
@@ -2246,12 +2352,19 @@ static void run_commands(fa_io *io)
     io->cmd_head = io->cmd_tail = NULL;
     io->sub_head = io->sub_tail = NULL;
     io->settle_head = io->settle_tail = NULL;
-    io->cmd_wake_pending = 0;
-    int close = 0;
-    uint64_t junk;
-    ssize_t r = read(io->cmd_fd, &junk, sizeof junk);
-    (void)r;
+    /* A close is taken with the sends queued before it, which go out first. */
+    int close = io->close_req;
+    io->close_req = 0;
+    if (close) {
+        io->drain = io->close_drain;
+        if (io->abort_req) io->quit = 1;
+    }
+    uint64_t activate_failed = io->activate_failed;
+    io->activate_failed = 0;
+    fa_waker_clear(&io->cmd_wake);
     pthread_mutex_unlock(&io->lock);
+    if (activate_failed && activate_failed == io->generation && !io->activated)
+        drop_for_memory(io, "activating");
 
     while (c) {
         cmd *next = c->next;
@@ -2260,7 +2373,8 @@ static void run_commands(fa_io *io)
         case CMD_SUBSCRIBE:
             sub->io_next = io->subs;   /* the reference taken in fa_io_subscribe */
             io->subs = sub;
-            if (io->activated) attach_sub(io, sub);
+            if (io->activated && attach_sub(io, sub) != 0)
+                drop_for_memory(io, "a subscription");
             break;
         case CMD_UNSUBSCRIBE: {
             rlink *rl;
@@ -2281,13 +2395,6 @@ static void run_commands(fa_io *io)
         }
         case CMD_ACTIVATE:
             activate(io, c->generation, c->text);
-            break;
-        case CMD_CLOSE:
-            /* After the sends queued with it: a cast that completed early (cview)
-             * and was followed by close() must still go out. */
-            close = 1;
-            io->drain = c->value;
-            if (c->generation) io->quit = 1;   /* fa_io_abort */
             break;
         }
         free(c->text);
@@ -2365,17 +2472,9 @@ static void flush_output(fa_io *io)
             op->mark = io->written_total + out.size;
             list_push(&io->written, op);
         }
-        if (!out.size) break;
-        ssize_t n = send(io->sock, out.start, out.size, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
-            pn_connection_driver_errorf(&io->driver, "proton:io", "write failed: %s",
-                                        strerror(errno));
-            pn_connection_driver_close(&io->driver);
-            break;
-        }
+        ssize_t n = fa_driver_write(&io->driver, io->sock);
+        if (n <= 0) break;
         io->written_total += (uint64_t)n;
-        pn_connection_driver_write_done(&io->driver, (size_t)n);
         process_events(io);
     }
     while ((op = io->written.head) && op->mark <= io->written_total) {
@@ -2387,25 +2486,10 @@ static void flush_output(fa_io *io)
 
 static void do_read(fa_io *io)
 {
-    for (;;) {
-        pn_rwbytes_t buf = pn_connection_driver_read_buffer(&io->driver);
-        if (!buf.size) return;
-        ssize_t n = recv(io->sock, buf.start, buf.size, 0);
-        if (n > 0) {
-            pn_connection_driver_read_done(&io->driver, (size_t)n);
-            process_events(io);
-            if (!io->have_driver) return;
-            if ((size_t)n < buf.size) return;
-        } else if (n == 0) {
-            pn_connection_driver_read_close(&io->driver);
-            return;
-        } else {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-            pn_connection_driver_errorf(&io->driver, "proton:io", "read failed: %s",
-                                        strerror(errno));
-            pn_connection_driver_close(&io->driver);
-            return;
-        }
+    bool full = true;
+    while (full && fa_driver_read(&io->driver, io->sock, &full) > 0) {
+        process_events(io);
+        if (!io->have_driver) return;
     }
 }
 
@@ -2425,7 +2509,7 @@ static void purge_senders(fa_io *io, double now)
             e = e->next;              /* map_del frees the entry */
             if (!s->waiting.head && !s->inflight.head &&
                 now - s->last_used > io->sender_timeout) {
-                map_del(&io->senders, s->address);
+                fa_map_del(&io->senders, s->address);
                 pn_link_set_context(s->link, NULL);
                 pn_link_close(s->link);
                 free_sender(io, s);
@@ -2442,7 +2526,7 @@ static void expire(fa_io *io, double now)
     while (io->heap_len && io->heap[0]->expiry <= now) {
         op = io->heap[0];
         heap_remove(io, op);
-        sender *s = io->activated ? map_get(&io->senders, op->address) : NULL;
+        sender *s = io->activated ? fa_map_get(&io->senders, op->address) : NULL;
         if (op->expiry < op->deadline) {
             /* A fanout's credit check (submit): no credit ever, nobody receives it. */
             if (s && op->list == &s->waiting && !s->credit_seen) {
@@ -2601,21 +2685,12 @@ static void *io_main(void *arg)
         double now = fa_monotonic();
         struct pollfd fds[2];
         int nfds = 1;
-        fds[0].fd = io->cmd_fd;
+        fds[0].fd = io->cmd_wake.rfd;
         fds[0].events = POLLIN;
         fds[0].revents = 0;
         if (io->have_driver && io->sock >= 0) {
-            short events = 0;
-            if (io->connecting) {
-                events = POLLOUT;
-            } else {
-                pn_rwbytes_t rb = pn_connection_driver_read_buffer(&io->driver);
-                pn_bytes_t wb = pn_connection_driver_write_buffer(&io->driver);
-                if (rb.size) events |= POLLIN;
-                if (wb.size) events |= POLLOUT;
-            }
             fds[1].fd = io->sock;
-            fds[1].events = events;
+            fds[1].events = io->connecting ? POLLOUT : fa_driver_events(&io->driver);
             fds[1].revents = 0;
             nfds = 2;
         }
@@ -2655,7 +2730,9 @@ static void *io_main(void *arg)
         if (io->closing && !io->have_driver) io->quit = 1;
     }
     finish(io);
-    fa_event *ev = new_event(FA_EV_STOPPED, io->generation);
+    fa_event *ev = io->stopped_ev;     /* made by fa_io_new: never out of memory */
+    io->stopped_ev = NULL;
+    ev->generation = io->generation;
     pthread_mutex_lock(&io->lock);
     io->ended = 1;
     status_changed_locked(io);

@@ -161,6 +161,9 @@ uint64_t fa_io_wait_status(fa_io *io, uint64_t seen, double deadline);
 uint64_t fa_io_next_id(fa_io *io);
 double fa_monotonic(void);
 
+/* Out of memory, the *_new calls return NULL and the int-returning ones below -1:
+ * the wrappers raise MemoryError. */
+
 /* sends */
 fa_op *fa_op_new(fa_io *io, const char *address, const char *payload, size_t size,
                  int presettled, double deadline, int retry, int in_doubt_resend,
@@ -192,15 +195,15 @@ fa_sub *fa_sub_new(fa_io *io, int credit);
  * source never expire: qpidd keeps one subscription queue per link name for every
  * link with the "shared" capability (see fastamqp.interface.Source). */
 #define FA_SOURCE_SEP '\x1f'
-void fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n);
-void fa_io_subscribe(fa_io *io, fa_sub *sub);
+int fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n);
+int fa_io_subscribe(fa_io *io, fa_sub *sub);
 uint64_t fa_sub_id(fa_sub *sub);
 /* Up to max records; returns how many were taken; *seq for fa_sub_wait; *stopped. */
 int fa_sub_take(fa_io *io, fa_sub *sub, fa_rec **out, int max, uint64_t *seq,
                 int *stopped);
 uint64_t fa_sub_wait(fa_io *io, fa_sub *sub, uint64_t seen, double deadline);
 void fa_sub_stop(fa_io *io, fa_sub *sub);
-void fa_io_unsubscribe(fa_io *io, fa_sub *sub);
+int fa_io_unsubscribe(fa_io *io, fa_sub *sub);
 void fa_sub_unref(fa_sub *sub);
 
 const char *fa_rec_payload(fa_rec *rec, size_t *size);

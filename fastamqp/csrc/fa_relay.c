@@ -13,19 +13,18 @@
  */
 #define _GNU_SOURCE
 #include "fa_relay.h"
+#include "fa_wire.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -44,27 +43,9 @@
 #include <proton/terminus.h>
 #include <proton/transport.h>
 
-enum { D_CLOSEST, D_BALANCED, D_MULTICAST, D_QUEUE, D_TOPIC };
-
-/* routing.ROUTER_ADDRESSES / BROKER_QUEUE_PATTERNS / BROKER_TOPIC_PATTERNS. */
-static const struct { const char *prefix; int dist; } ROUTER_TABLE[] = {
-    {"unicast", D_CLOSEST},
-    {"exclusive", D_CLOSEST},
-    {"broadcast", D_MULTICAST},
-    {"openstack.org/om/rpc/multicast", D_MULTICAST},
-    {"openstack.org/om/rpc/unicast", D_CLOSEST},
-    {"openstack.org/om/rpc/anycast", D_BALANCED},
-    {"openstack.org/om/notify/multicast", D_MULTICAST},
-    {"openstack.org/om/notify/unicast", D_CLOSEST},
-    {"openstack.org/om/notify/anycast", D_BALANCED},
-};
-static const struct { const char *prefix; int dist; } BROKER_TABLE[] = {
-    {"exclusive", D_QUEUE},
-    {"unicast", D_QUEUE},
-    {"broadcast", D_TOPIC},
-    {"openstack.org/om/rpc/multicast", D_TOPIC},
-    {"openstack.org/om/notify/multicast", D_TOPIC},
-};
+/* Distributions: fa_relay.h's FA_DIST_*, short names for the routing code. */
+enum { D_CLOSEST = FA_DIST_CLOSEST, D_BALANCED = FA_DIST_BALANCED,
+       D_MULTICAST = FA_DIST_MULTICAST, D_QUEUE = FA_DIST_QUEUE, D_TOPIC = FA_DIST_TOPIC };
 
 typedef struct buf { int refs; size_t len; char data[]; } buf;
 
@@ -96,7 +77,6 @@ typedef struct node {
     struct node **subs; int nsubs, capsubs;  /* broker topic: subscription queues */
     struct node *topic;           /* subscription queue: its topic node */
     char *shared_name;            /* shared subscription queue: its link name */
-    struct node *hnext;
 } node;
 
 typedef struct rlink {
@@ -106,6 +86,7 @@ typedef struct rlink {
     node *node;                   /* router: the address; broker: queue (consumer) or
                                      queue/topic (producer) */
     bool producer, presettled, dirty;
+    struct rlink *dprev, *dnext;  /* in r->dirty while dirty */
     int dist;
     int held;                     /* producer: ours unsettled, not yet settled by us
                                      (they hold credit, as in qdrouterd) */
@@ -113,6 +94,7 @@ typedef struct rlink {
     fifo undelivered;             /* router consumer */
     msg *unsettled; msg *unsettled_tail; int nunsettled;  /* consumer */
     char *partial; size_t plen, pcap;  /* producer: a multi-frame message so far */
+    bool discarding;              /* producer: no memory for the message being read */
 } rlink;
 
 typedef struct conn {
@@ -123,21 +105,28 @@ typedef struct conn {
     bool finished;
 } conn;
 
-#define NBUCKETS 4096
-
 struct fa_relay {
     int mode, window;
     char *host, *container_id, *product, *version, *router_id;
+    /* The address table (routing.AddressTable: entries longest first, first match
+     * wins) and its default, handed in by relay.py; read-only once made. */
+    struct { char *prefix; int dist; } *routes;
+    int nroutes, default_dist;
     int port;
-    int lfd, efd;
+    int lfd;
+    fa_waker stop_wake;
     pthread_t thread;
     bool started;
     volatile int stopping;
     int exited;            /* the thread has left its loop (stop, or poll() failed) */
     int64_t accept_after;  /* out of descriptors: leave the listener alone until then */
     conn *conns;
-    node *buckets[NBUCKETS];
-    rlink **dirty; int ndirty, capdirty;
+    /* poll() arrays, grown as connections are accepted so the loop never has to. */
+    struct pollfd *fds;
+    conn **owners;
+    size_t fdcap, nconns;
+    fa_map nodes;                 /* normalized address -> node (not subscriptions) */
+    rlink *dirty;                 /* producers whose credit may need topping up */
     uint64_t tagseq;
     uint64_t ctr[FA_RC_COUNT];
 };
@@ -148,19 +137,23 @@ struct fa_relay {
 #define BUMP(r, i) BUMPN(r, i, 1)
 #define DROPN(r, i, n) __atomic_store_n(&(r)->ctr[i], (r)->ctr[i] - (uint64_t)(n), __ATOMIC_RELAXED)
 
-static void *xmalloc(size_t n) { void *p = malloc(n); if (!p) abort(); return p; }
-static void *xcalloc(size_t a, size_t b) { void *p = calloc(a, b); if (!p) abort(); return p; }
-static char *xstrdup(const char *s) { char *p = strdup(s ? s : ""); if (!p) abort(); return p; }
+/* Out of memory, nothing here aborts: a link that cannot be set up is refused
+ * (amqp:resource-limit-exceeded), a message that cannot be stored is released to its
+ * producer (dropped if pre-settled, counted), a connection that cannot be set up is
+ * closed at once. */
 
-static void push_ptr(void ***arr, int *n, int *cap, void *p)
+/* 0, or -1 when out of memory (the array is unchanged). */
+static int push_ptr(void ***arr, int *n, int *cap, void *p)
 {
     if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 4;
-        void **a = realloc(*arr, (size_t)*cap * sizeof(void *));
-        if (!a) abort();
+        int ncap = *cap ? *cap * 2 : 4;
+        void **a = realloc(*arr, (size_t)ncap * sizeof(void *));
+        if (!a) return -1;
         *arr = a;
+        *cap = ncap;
     }
     (*arr)[(*n)++] = p;
+    return 0;
 }
 
 static int remove_ptr(void **arr, int *n, void *p)
@@ -179,9 +172,11 @@ static int remove_ptr(void **arr, int *n, void *p)
 
 static void buf_unref(buf *b) { if (b && --b->refs == 0) free(b); }
 
+/* NULL when out of memory. */
 static msg *msg_new(buf *b, bool settled)
 {
-    msg *m = xcalloc(1, sizeof *m);
+    msg *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
     m->b = b;
     b->refs++;
     m->settled = settled;
@@ -288,54 +283,36 @@ static bool prefix_matches(const char *prefix, const char *address)
 
 static int table_lookup(fa_relay *r, const char *address)
 {
-    /* Longest prefix first: scan all, keep the longest match. */
-    int best = -1; size_t bestlen = 0;
-    if (r->mode == FA_RELAY_ROUTER) {
-        for (size_t i = 0; i < sizeof ROUTER_TABLE / sizeof *ROUTER_TABLE; i++) {
-            size_t n = strlen(ROUTER_TABLE[i].prefix);
-            if ((best < 0 || n > bestlen) && prefix_matches(ROUTER_TABLE[i].prefix, address)) {
-                best = ROUTER_TABLE[i].dist; bestlen = n;
-            }
-        }
-        return best < 0 ? D_BALANCED : best;   /* RouterCore's default */
-    }
-    for (size_t i = 0; i < sizeof BROKER_TABLE / sizeof *BROKER_TABLE; i++) {
-        size_t n = strlen(BROKER_TABLE[i].prefix);
-        if ((best < 0 || n > bestlen) && prefix_matches(BROKER_TABLE[i].prefix, address)) {
-            best = BROKER_TABLE[i].dist; bestlen = n;
-        }
-    }
-    return best < 0 ? D_QUEUE : best;
-}
-
-static unsigned hash_str(const char *s)
-{
-    unsigned h = 2166136261u;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
-    return h % NBUCKETS;
+    for (int i = 0; i < r->nroutes; i++)
+        if (prefix_matches(r->routes[i].prefix, address)) return r->routes[i].dist;
+    return r->default_dist;
 }
 
 static node *node_find(fa_relay *r, const char *name)
 {
-    for (node *n = r->buckets[hash_str(name)]; n; n = n->hnext)
-        if (strcmp(n->name, name) == 0) return n;
-    return NULL;
+    return fa_map_get(&r->nodes, name);
 }
 
+/* NULL when out of memory. */
 static node *node_alloc(const char *name, int dist)
 {
-    node *n = xcalloc(1, sizeof *n);
-    n->name = xstrdup(name);
+    node *n = calloc(1, sizeof *n);
+    if (!n) return NULL;
+    if (!(n->name = strdup(name))) { free(n); return NULL; }
     n->dist = dist;
     return n;
 }
 
+static void node_destroy(fa_relay *r, node *n);
+
+/* NULL when out of memory. */
 static node *node_insert(fa_relay *r, const char *name, int dist)
 {
     node *n = node_alloc(name, dist);
-    unsigned h = hash_str(name);
-    n->hnext = r->buckets[h];
-    r->buckets[h] = n;
+    if (n && fa_map_put(&r->nodes, name, n, NULL) != 0) {
+        node_destroy(r, n);
+        return NULL;
+    }
     return n;
 }
 
@@ -353,10 +330,7 @@ static void node_destroy(fa_relay *r, node *n)
 
 static void node_unhash(fa_relay *r, node *n)
 {
-    node **pp = &r->buckets[hash_str(n->name)];
-    for (; *pp; pp = &(*pp)->hnext) {
-        if (*pp == n) { *pp = n->hnext; return; }
-    }
+    fa_map_del(&r->nodes, n->name);
 }
 
 /* A router node, or a broker topic node, with nothing attached is forgotten. */
@@ -382,7 +356,7 @@ static void random_hex(char *out, size_t nhex)
     out[nhex] = 0;
 }
 
-/* What server.py gets from core.dynamic_address(); *key gets the node's name. */
+/* What server.py gets from core.dynamic_address(); NULL when out of memory. */
 static char *dynamic_address(fa_relay *r)
 {
     char hex[33];
@@ -392,14 +366,14 @@ static char *dynamic_address(fa_relay *r)
         if (r->mode == FA_RELAY_ROUTER) {
             hex[12] = 0;
             size_t n = strlen(r->router_id) + 64;
-            out = xmalloc(n);
+            if (!(out = malloc(n))) return NULL;
             snprintf(out, n, "amqp:/_topo/0/%s/temp.%s", r->router_id, hex);
         } else {
             /* A UUID4 string, as qpidd (and BrokerCore) name temporary queues. */
             hex[12] = '4';
             static const char v[] = "89ab";
             hex[16] = v[hex[16] % 4];
-            out = xmalloc(37);
+            if (!(out = malloc(37))) return NULL;
             snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12,
                      hex + 16, hex + 20);
         }
@@ -407,6 +381,7 @@ static char *dynamic_address(fa_relay *r)
         node *n = node_find(r, key);
         if (!n) {
             n = node_insert(r, key, r->mode == FA_RELAY_ROUTER ? D_CLOSEST : D_QUEUE);
+            if (!n) { free(out); return NULL; }
             n->temp = true;
             return out;
         }
@@ -416,11 +391,24 @@ static char *dynamic_address(fa_relay *r)
 
 /* ---------------------------------------------------------------- wire port ---- */
 
+/* An intrusive list: marking a producer never needs memory. */
 static void mark_dirty(fa_relay *r, rlink *p)
 {
     if (p->dirty) return;
     p->dirty = true;
-    push_ptr((void ***)&r->dirty, &r->ndirty, &r->capdirty, p);
+    p->dprev = NULL;
+    p->dnext = r->dirty;
+    if (r->dirty) r->dirty->dprev = p;
+    r->dirty = p;
+}
+
+static void unmark_dirty(fa_relay *r, rlink *p)
+{
+    if (!p->dirty) return;
+    if (p->dprev) p->dprev->dnext = p->dnext; else r->dirty = p->dnext;
+    if (p->dnext) p->dnext->dprev = p->dprev;
+    p->dprev = p->dnext = NULL;
+    p->dirty = false;
 }
 
 static void dirty_node(fa_relay *r, node *n)
@@ -557,7 +545,11 @@ static void router_route(fa_relay *r, rlink *p, msg *m)
     if (p->dist == D_MULTICAST) {
         /* Forwarded pre-settled to every consumer; the router answers the producer. */
         settle_origin(r, m, PN_ACCEPTED, NULL);
-        for (int i = 0; i < n->ncons; i++) router_enqueue(r, n->cons[i], msg_new(m->b, true));
+        for (int i = 0; i < n->ncons; i++) {
+            msg *copy = msg_new(m->b, true);
+            if (copy) router_enqueue(r, n->cons[i], copy);
+            else router_drop(r);       /* out of memory: this consumer's copy is lost */
+        }
         msg_free(m);
         return;
     }
@@ -593,7 +585,9 @@ static void broker_route(fa_relay *r, rlink *p, msg *m)
     if (n->dist == D_TOPIC) {
         if (!n->nsubs) BUMP(r, FA_RC_DROPPED);
         for (int i = 0; i < n->nsubs; i++) {
-            fifo_push(r, &n->subs[i]->msgs, msg_new(m->b, true));
+            msg *copy = msg_new(m->b, true);
+            if (!copy) { BUMP(r, FA_RC_DROPPED); continue; }   /* out of memory */
+            fifo_push(r, &n->subs[i]->msgs, copy);
             BUMP(r, FA_RC_ENQUEUED);
         }
         settle_origin(r, m, PN_ACCEPTED, NULL);
@@ -661,8 +655,9 @@ static bool has_capability(pn_terminus_t *t, const char *cap)
     return found;
 }
 
-/* A broker topic's subscription queue for a new consumer link (BrokerCore). */
-static node *subscription_queue(node *topic, pn_link_t *link, const char *key)
+/* A broker topic's subscription queue for a new consumer link (BrokerCore); NULL when
+ * out of memory. */
+static node *subscription_queue(fa_relay *r, node *topic, pn_link_t *link, const char *key)
 {
     pn_terminus_t *source = pn_link_remote_source(link);
     const char *shared = has_capability(source, "shared") ? pn_link_name(link) : NULL;
@@ -676,10 +671,11 @@ static node *subscription_queue(node *topic, pn_link_t *link, const char *key)
         if (q->shared_name && !strcmp(q->shared_name, shared)) return q;
     }
     q = node_alloc(key, D_QUEUE);
+    if (!q) return NULL;
     q->subscription = true;
     q->topic = topic;
     if (shared) {
-        q->shared_name = xstrdup(shared);
+        if (!(q->shared_name = strdup(shared))) { node_destroy(r, q); return NULL; }
         /* Its queue outlives its consumers only if the source never expires. */
         q->temp = pn_terminus_get_expiry_policy(source) != PN_EXPIRE_NEVER;
     } else {
@@ -687,8 +683,18 @@ static node *subscription_queue(node *topic, pn_link_t *link, const char *key)
          * bindings; it dies with the link. */
         q->temp = true;
     }
-    push_ptr((void ***)&topic->subs, &topic->nsubs, &topic->capsubs, q);
+    if (push_ptr((void ***)&topic->subs, &topic->nsubs, &topic->capsubs, q) != 0) {
+        node_destroy(r, q);
+        return NULL;
+    }
     return q;
+}
+
+/* Out of memory while setting up a link: refused, as qdrouterd refuses what it has no
+ * resources for. */
+static void refuse_for_memory(pn_link_t *link)
+{
+    refuse(link, "amqp:resource-limit-exceeded", "out of memory");
 }
 
 static void on_link_open(fa_relay *r, conn *cn, pn_link_t *link)
@@ -700,6 +706,7 @@ static void on_link_open(fa_relay *r, conn *cn, pn_link_t *link)
     const char *address;
     if (pn_terminus_is_dynamic(remote)) {
         address = owned = dynamic_address(r);
+        if (!address) { refuse_for_memory(link); return; }
     } else {
         address = pn_terminus_get_address(remote);
         if (!address) {
@@ -708,58 +715,61 @@ static void on_link_open(fa_relay *r, conn *cn, pn_link_t *link)
             return;
         }
     }
+    const char *key = normalize(address);
+    rlink *l = calloc(1, sizeof *l);
+    node *n = node_find(r, key), *q = NULL;
+    int dist;
+    if (r->mode == FA_RELAY_ROUTER) dist = (n && n->temp) ? D_CLOSEST : table_lookup(r, key);
+    else dist = (n && n->dist == D_QUEUE) ? D_QUEUE : table_lookup(r, key);
+    if (l && !n) n = node_insert(r, key, dist);
+    if (l && n) {
+        /* Every allocation the link needs, before anything is attached. */
+        int nsubs = n->nsubs;
+        if (is_rcv) {
+            q = push_ptr((void ***)&n->prods, &n->nprods, &n->capprods, l) == 0 ? n : NULL;
+        } else {
+            q = (r->mode == FA_RELAY_BROKER && dist == D_TOPIC)
+                ? subscription_queue(r, n, link, key) : n;
+            if (q && push_ptr((void ***)&q->cons, &q->ncons, &q->capcons, l) != 0) {
+                if (n->nsubs > nsubs) {        /* made for this link: undo */
+                    remove_ptr((void **)n->subs, &n->nsubs, q);
+                    node_destroy(r, q);
+                }
+                q = NULL;
+            }
+        }
+    }
+    if (!q) {
+        free(l);
+        if (n) node_maybe_gc(r, n);
+        free(owned);
+        refuse_for_memory(link);
+        return;
+    }
     pn_terminus_copy(pn_link_source(link), pn_link_remote_source(link));
     pn_terminus_copy(pn_link_target(link), pn_link_remote_target(link));
     pn_terminus_set_address(is_rcv ? pn_link_target(link) : pn_link_source(link), address);
     pn_link_set_snd_settle_mode(link, pn_link_remote_snd_settle_mode(link));
-    const char *key = normalize(address);
 
-    rlink *l = xcalloc(1, sizeof *l);
     l->link = link;
     l->producer = is_rcv;
+    l->dist = dist;
+    l->node = q;
     pn_link_set_context(link, l);
     conn_add_link(cn, l);
     BUMP(r, FA_RC_LINKS);
     BUMP(r, FA_RC_LINKS_TOTAL);
-
-    if (r->mode == FA_RELAY_ROUTER) {
-        node *n = node_find(r, key);
-        int dist = (n && n->temp) ? D_CLOSEST : table_lookup(r, key);
-        if (!n) n = node_insert(r, key, dist);
-        l->node = n;
-        l->dist = dist;
-        if (is_rcv) {
-            /* We settle first and always answer with an outcome. */
-            pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
-            pn_link_open(link);
-            push_ptr((void ***)&n->prods, &n->nprods, &n->capprods, l);
-            mark_dirty(r, l);
-        } else {
-            pn_link_open(link);
-            l->presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
-            push_ptr((void ***)&n->cons, &n->ncons, &n->capcons, l);
-            /* DISPATCH-1012 / -1481: the address just became reachable. */
-            if (n->ncons == 1) dirty_node(r, n);
-        }
+    if (is_rcv) {
+        /* We settle first and always answer with an outcome. */
+        pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
+        pn_link_open(link);
+        mark_dirty(r, l);
     } else {
-        node *n = node_find(r, key);
-        int dist = (n && n->dist == D_QUEUE) ? D_QUEUE : table_lookup(r, key);
-        if (!n) n = node_insert(r, key, dist);
-        l->dist = dist;
-        if (is_rcv) {
-            pn_link_set_rcv_settle_mode(link, PN_RCV_FIRST);
-            pn_link_open(link);
-            l->node = n;
-            push_ptr((void ***)&n->prods, &n->nprods, &n->capprods, l);
-            mark_dirty(r, l);
-        } else {
-            pn_link_open(link);
-            l->presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
-            node *q = dist == D_TOPIC ? subscription_queue(n, link, key) : n;
-            l->node = q;
-            push_ptr((void ***)&q->cons, &q->ncons, &q->capcons, l);
-            broker_pump(r, q);
-        }
+        pn_link_open(link);
+        l->presettled = pn_link_remote_snd_settle_mode(link) == PN_SND_SETTLED;
+        if (r->mode == FA_RELAY_BROKER) broker_pump(r, q);
+        else if (q->ncons == 1) dirty_node(r, q);   /* DISPATCH-1012 / -1481: the
+                                                     * address just became reachable */
     }
     free(owned);
 }
@@ -770,10 +780,7 @@ static void link_gone(fa_relay *r, rlink *l)
     conn_remove_link(l->conn, l);
     pn_link_set_context(l->link, NULL);
     DROPN(r, FA_RC_LINKS, 1);
-    if (l->dirty) {
-        remove_ptr((void **)r->dirty, &r->ndirty, l);
-        l->dirty = false;
-    }
+    unmark_dirty(r, l);
     if (l->producer) {
         /* Messages of ours still in transit lose their way back: nobody to answer. */
         while (l->inflight) {
@@ -850,7 +857,7 @@ static void on_incoming(fa_relay *r, pn_link_t *link, pn_delivery_t *d)
     rlink *p = pn_link_get_context(link);
     if (pn_delivery_aborted(d)) {
         pn_delivery_settle(d);
-        if (p) { p->plen = 0; mark_dirty(r, p); }
+        if (p) { p->plen = 0; p->discarding = false; mark_dirty(r, p); }
         return;
     }
     if (!pn_delivery_readable(d)) return;   /* a state update on one already taken */
@@ -866,34 +873,58 @@ static void on_incoming(fa_relay *r, pn_link_t *link, pn_delivery_t *d)
         return;
     }
     size_t pending = pn_delivery_pending(d);
-    if (p->plen + pending > p->pcap) {
+    if (!p->discarding && p->plen + pending > p->pcap) {
         size_t cap = p->pcap ? p->pcap : 1024;
         while (cap < p->plen + pending) cap *= 2;
         char *nb = realloc(p->partial, cap);
-        if (!nb) abort();
-        p->partial = nb; p->pcap = cap;
+        if (nb) { p->partial = nb; p->pcap = cap; }
+        else p->discarding = true;
     }
-    for (;;) {
+    while (!p->discarding) {
         if (p->plen == p->pcap) {
-            char *nb = realloc(p->partial, p->pcap * 2);
-            if (!nb) abort();
-            p->partial = nb; p->pcap *= 2;
+            size_t cap = p->pcap ? p->pcap * 2 : 1024;
+            char *nb = realloc(p->partial, cap);
+            if (!nb) { p->discarding = true; break; }
+            p->partial = nb; p->pcap = cap;
         }
         ssize_t n = pn_link_recv(link, p->partial + p->plen, p->pcap - p->plen);
         if (n <= 0) break;
         p->plen += (size_t)n;
     }
+    if (p->discarding) {
+        /* No room for this message: read it to its end, then give it back. */
+        char sink[4096];
+        while (pn_link_recv(link, sink, sizeof sink) > 0) {}
+        p->plen = 0;
+    }
     if (pn_delivery_partial(d)) return;
-    buf *b = xmalloc(sizeof(buf) + p->plen);
-    b->refs = 0;
+    buf *b = p->discarding ? NULL : malloc(sizeof(buf) + p->plen);
+    if (b) b->refs = 0;
+    msg *m = b ? msg_new(b, pn_delivery_settled(d)) : NULL;
+    if (!m) {
+        /* Out of memory: released to its producer, or dropped if pre-settled. */
+        free(b);
+        p->discarding = false;
+        p->plen = 0;
+        pn_link_advance(link);
+        BUMP(r, FA_RC_RECEIVED);
+        if (pn_delivery_settled(d)) {
+            BUMP(r, FA_RC_DROPPED);
+        } else {
+            pn_delivery_update(d, PN_RELEASED);
+            BUMP(r, FA_RC_RELEASED);
+        }
+        pn_delivery_settle(d);
+        mark_dirty(r, p);
+        return;
+    }
     b->len = p->plen;
     memcpy(b->data, p->partial, p->plen);
     p->plen = 0;
     if (p->pcap > 65536) { free(p->partial); p->partial = NULL; p->pcap = 0; }
     pn_link_advance(link);
-    bool settled = pn_delivery_settled(d);
+    bool settled = m->settled;
     if (settled) pn_delivery_settle(d);
-    msg *m = msg_new(b, settled);
     if (!settled) {
         m->origin = d;
         prod_link(m, p);
@@ -956,10 +987,10 @@ static int desired_credit(fa_relay *r, rlink *p)
 
 static bool topup_dirty(fa_relay *r)
 {
-    bool any = r->ndirty > 0;
-    while (r->ndirty) {
-        rlink *p = r->dirty[--r->ndirty];
-        p->dirty = false;
+    bool any = r->dirty != NULL;
+    while (r->dirty) {
+        rlink *p = r->dirty;
+        unmark_dirty(r, p);
         int want = desired_credit(r, p), have = pn_link_credit(p->link);
         if (want > have) pn_link_flow(p->link, want - have);
     }
@@ -976,18 +1007,6 @@ static void conn_links_gone(fa_relay *r, conn *cn, pn_session_t *ssn)
         if (!ssn || pn_link_session(l->link) == ssn) link_gone(r, l);
         l = next;
     }
-}
-
-static void put_properties(fa_relay *r, pn_connection_t *c)
-{
-    pn_data_t *props = pn_connection_properties(c);
-    pn_data_put_map(props);
-    pn_data_enter(props);
-    pn_data_put_symbol(props, pn_bytes(strlen("product"), "product"));
-    pn_data_put_string(props, pn_bytes(strlen(r->product), r->product));
-    pn_data_put_symbol(props, pn_bytes(strlen("version"), "version"));
-    pn_data_put_string(props, pn_bytes(strlen(r->version), r->version));
-    pn_data_exit(props);
 }
 
 static void dispatch(fa_relay *r, conn *cn, pn_event_t *e)
@@ -1033,7 +1052,8 @@ static void dispatch(fa_relay *r, conn *cn, pn_event_t *e)
         pn_connection_t *c = pn_event_connection(e);
         if (pn_connection_state(c) & PN_LOCAL_UNINIT) {
             pn_connection_set_container(c, r->container_id);
-            put_properties(r, c);
+            const char *props[] = {"product", r->product, "version", r->version};
+            fa_put_properties(c, props, 2);
             pn_connection_open(c);
         }
         break;
@@ -1051,6 +1071,7 @@ static void dispatch(fa_relay *r, conn *cn, pn_event_t *e)
 
 static void conn_free(fa_relay *r, conn *cn)
 {
+    r->nconns--;
     conn_links_gone(r, cn, NULL);
     if (cn->prev) cn->prev->next = cn->next; else r->conns = cn->next;
     if (cn->next) cn->next->prev = cn->prev;
@@ -1067,9 +1088,29 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Room in the poll() arrays for one more connection (and the wake-up and listener
+ * entries); false when out of memory. */
+static bool room_for_conn(fa_relay *r)
+{
+    size_t need = r->nconns + 3;
+    if (need <= r->fdcap) return true;
+    size_t cap = need * 2;
+    struct pollfd *fds = realloc(r->fds, cap * sizeof *fds);
+    if (!fds) return false;
+    r->fds = fds;
+    conn **owners = realloc(r->owners, cap * sizeof *owners);
+    if (!owners) return false;
+    r->owners = owners;
+    r->fdcap = cap;
+    return true;
+}
+
 static void on_accept(fa_relay *r)
 {
     for (;;) {
+        /* Out of memory, the connection waits in the backlog as when out of
+         * descriptors below. */
+        if (!room_for_conn(r)) { r->accept_after = now_ms() + 100; return; }
         int fd = accept4(r->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             /* Out of descriptors (or memory): the pending connection stays in the
@@ -1079,11 +1120,13 @@ static void on_accept(fa_relay *r)
                 r->accept_after = now_ms() + 100;
             return;                              /* EAGAIN: nothing more to accept */
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        fa_tcp_nodelay(fd);
+        conn *cn = calloc(1, sizeof *cn);
         pn_connection_t *c = pn_connection();
         pn_transport_t *t = pn_transport();
-        if (!c || !t) {
+        if (!cn || !c || !t) {
+            /* Out of memory: cut at once; the client sees a refused connection. */
+            free(cn);
             if (c) pn_connection_free(c);
             if (t) pn_transport_free(t);
             close(fd);
@@ -1093,7 +1136,6 @@ static void on_accept(fa_relay *r)
         pn_sasl_t *sasl = pn_sasl(t);
         pn_sasl_set_allow_insecure_mechs(sasl, true);
         pn_sasl_allowed_mechs(sasl, "ANONYMOUS");
-        conn *cn = xcalloc(1, sizeof *cn);
         cn->fd = fd;
         if (pn_connection_driver_init(&cn->driver, c, t) != 0) {
             free(cn);
@@ -1103,48 +1145,18 @@ static void on_accept(fa_relay *r)
         cn->next = r->conns;
         if (r->conns) r->conns->prev = cn;
         r->conns = cn;
+        r->nconns++;
         BUMP(r, FA_RC_CONNECTIONS);
         BUMP(r, FA_RC_CONNECTIONS_TOTAL);
     }
 }
 
-static void conn_write(conn *cn)
+static void destroy_node_cb(void *arg, void *value)
 {
-    for (;;) {
-        pn_bytes_t out = pn_connection_driver_write_buffer(&cn->driver);
-        if (!out.size) return;
-        ssize_t n = send(cn->fd, out.start, out.size, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-            pn_connection_driver_errorf(&cn->driver, "proton:io", "write failed: %s",
-                                        strerror(errno));
-            pn_connection_driver_close(&cn->driver);
-            return;
-        }
-        pn_connection_driver_write_done(&cn->driver, (size_t)n);
-    }
-}
-
-static void conn_read(conn *cn)
-{
-    for (int i = 0; i < 4; i++) {
-        pn_rwbytes_t in = pn_connection_driver_read_buffer(&cn->driver);
-        if (!in.size) return;
-        ssize_t n = recv(cn->fd, in.start, in.size, 0);
-        if (n > 0) {
-            pn_connection_driver_read_done(&cn->driver, (size_t)n);
-            if ((size_t)n < in.size) return;
-        } else if (n == 0) {
-            pn_connection_driver_read_close(&cn->driver);
-            return;
-        } else {
-            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-            pn_connection_driver_errorf(&cn->driver, "proton:io", "read failed: %s",
-                                        strerror(errno));
-            pn_connection_driver_close(&cn->driver);
-            return;
-        }
-    }
+    fa_relay *r = arg;
+    node *n = value;
+    for (int k = 0; k < n->nsubs; k++) node_destroy(r, n->subs[k]);
+    node_destroy(r, n);
 }
 
 /* Drain every driver until quiet: routing crosses connections. */
@@ -1167,18 +1179,14 @@ static void process(fa_relay *r)
 static void *relay_main(void *arg)
 {
     fa_relay *r = arg;
-    struct pollfd *fds = NULL;
-    conn **owners = NULL;
-    size_t cap = 0;
     while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
         process(r);
         int64_t now = now_ms();
         int timeout = 1000;
-        size_t nconns = 0;
         bool freed = false;
         for (conn *cn = r->conns, *next; cn; cn = next) {
             next = cn->next;
-            conn_write(cn);
+            while (fa_driver_write(&cn->driver, cn->fd) > 0) {}
             if (pn_connection_driver_finished(&cn->driver)) {
                 conn_free(r, cn);
                 freed = true;
@@ -1189,86 +1197,82 @@ static void *relay_main(void *arg)
                 int64_t wait = deadline - now;
                 if (wait < timeout) timeout = wait < 0 ? 0 : (int)wait;
             }
-            nconns++;
         }
         /* A connection's end reroutes (releases, requeues) onto others: handle what
          * that raised before sleeping. */
-        if (freed || r->ndirty) continue;
-        if (nconns + 2 > cap) {
-            cap = (nconns + 2) * 2;
-            fds = realloc(fds, cap * sizeof *fds);
-            owners = realloc(owners, cap * sizeof *owners);
-            if (!fds || !owners) abort();
-        }
+        if (freed || r->dirty) continue;
+        struct pollfd *fds = r->fds;   /* room for every connection: on_accept */
+        conn **owners = r->owners;
         size_t nfds = 0;
-        fds[nfds] = (struct pollfd){r->efd, POLLIN, 0}; owners[nfds++] = NULL;
+        fds[nfds] = (struct pollfd){r->stop_wake.rfd, POLLIN, 0}; owners[nfds++] = NULL;
         bool accepting = r->accept_after <= now;
         if (!accepting && r->accept_after - now < timeout)
             timeout = (int)(r->accept_after - now);
         fds[nfds] = (struct pollfd){accepting ? r->lfd : -1, POLLIN, 0};
         owners[nfds++] = NULL;
         for (conn *cn = r->conns; cn; cn = cn->next) {
-            short ev = 0;
-            if (pn_connection_driver_read_buffer(&cn->driver).size) ev |= POLLIN;
-            if (pn_connection_driver_write_buffer(&cn->driver).size) ev |= POLLOUT;
-            fds[nfds] = (struct pollfd){cn->fd, ev, 0};
+            fds[nfds] = (struct pollfd){cn->fd, fa_driver_events(&cn->driver), 0};
             owners[nfds++] = cn;
         }
         if (poll(fds, nfds, timeout) < 0 && errno != EINTR) break;   /* fa_relay_alive() */
-        if (fds[0].revents) {
-            uint64_t v;
-            ssize_t rd = read(r->efd, &v, sizeof v);
-            (void)rd;
+        if (fds[0].revents) fa_waker_clear(&r->stop_wake);
+        if (fds[1].revents & POLLIN) {
+            on_accept(r);
+            /* It may have grown (moved) the arrays; their entries came along. */
+            fds = r->fds;
+            owners = r->owners;
         }
-        if (fds[1].revents & POLLIN) on_accept(r);
         for (size_t i = 2; i < nfds; i++) {
             conn *cn = owners[i];
             short re = fds[i].revents;
             if (!re) continue;
-            if (re & (POLLIN | POLLHUP | POLLERR)) conn_read(cn);
-            if (re & POLLOUT) conn_write(cn);
+            if (re & (POLLIN | POLLHUP | POLLERR)) {
+                /* A few reads per wake-up, then the others get their turn. */
+                bool full = true;
+                for (int k = 0; k < 4 && full && fa_driver_read(&cn->driver, cn->fd, &full) > 0; k++) {}
+            }
+            if (re & POLLOUT) while (fa_driver_write(&cn->driver, cn->fd) > 0) {}
             if ((re & (POLLHUP | POLLERR)) && !(re & POLLIN)) {
                 pn_connection_driver_close(&cn->driver);
             }
         }
     }
-    free(fds);
-    free(owners);
     /* Shut down: cut every connection (as a crash would) and forget all state. */
     while (r->conns) conn_free(r, r->conns);
-    for (int i = 0; i < NBUCKETS; i++) {
-        node *n = r->buckets[i];
-        while (n) {
-            node *next = n->hnext;
-            for (int k = 0; k < n->nsubs; k++) node_destroy(r, n->subs[k]);
-            node_destroy(r, n);
-            n = next;
-        }
-        r->buckets[i] = NULL;
-    }
-    r->ndirty = 0;
+    fa_map_drain(&r->nodes, destroy_node_cb, r);
+    r->dirty = NULL;
     __atomic_store_n(&r->exited, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
 /* ---------------------------------------------------------------- public API ---- */
 
-fa_relay *fa_relay_new(int mode, const char *host, int port, const char *container_id,
-                       const char *product, const char *version, const char *router_id,
-                       int window)
+fa_relay *fa_relay_new(const fa_relay_config *cfg)
 {
+    if (cfg->window < 1 || cfg->nroutes < 0) return NULL;
     fa_relay *r = calloc(1, sizeof *r);
     if (!r) return NULL;
-    r->mode = mode;
-    r->port = port;
-    r->window = window > 0 ? window : 250;
-    r->host = strdup(host ? host : "127.0.0.1");
-    r->container_id = strdup(container_id ? container_id : "fastamqp-relay");
-    r->product = strdup(product ? product : "");
-    r->version = strdup(version ? version : "0");
-    r->router_id = strdup(router_id ? router_id : "fastamqp");
-    r->lfd = r->efd = -1;
-    if (!r->host || !r->container_id || !r->product || !r->version || !r->router_id) {
+    r->lfd = -1;
+    r->stop_wake.rfd = r->stop_wake.wfd = -1;
+    r->mode = cfg->mode;
+    r->port = cfg->port;
+    r->window = cfg->window;
+    r->default_dist = cfg->default_dist;
+    r->host = strdup(cfg->host ? cfg->host : "127.0.0.1");
+    r->container_id = strdup(cfg->container_id ? cfg->container_id : "fastamqp-relay");
+    r->product = strdup(cfg->product ? cfg->product : "");
+    r->version = strdup(cfg->version ? cfg->version : "0");
+    r->router_id = strdup(cfg->router_id ? cfg->router_id : "fastamqp");
+    bool oom = !r->host || !r->container_id || !r->product || !r->version || !r->router_id;
+    oom |= fa_map_init(&r->nodes) != 0;
+    r->routes = calloc(cfg->nroutes ? (size_t)cfg->nroutes : 1, sizeof *r->routes);
+    oom |= !r->routes;
+    for (int i = 0; !oom && i < cfg->nroutes; i++) {
+        r->routes[i].dist = cfg->route_dists[i];
+        oom |= !(r->routes[i].prefix = strdup(cfg->route_prefixes[i]));
+        r->nroutes = i + 1;
+    }
+    if (oom) {
         fa_relay_free(r);
         return NULL;
     }
@@ -1299,16 +1303,21 @@ int fa_relay_start(fa_relay *r, char *err, size_t errlen)
     getsockname(fd, (struct sockaddr *)&ss, &sl);
     int bound = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                          : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (efd < 0) { snprintf(err, errlen, "eventfd: %s", strerror(errno)); close(fd); return -1; }
-    r->lfd = fd; r->efd = efd; r->port = bound;
+    if (!room_for_conn(r)) { snprintf(err, errlen, "out of memory"); close(fd); return -1; }
+    if (fa_waker_init(&r->stop_wake, false) != 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    r->lfd = fd; r->port = bound;
     r->stopping = 0;
     r->exited = 0;
     r->accept_after = 0;
     rc = pthread_create(&r->thread, NULL, relay_main, r);
     if (rc != 0) {
         snprintf(err, errlen, "pthread_create: %s", strerror(rc));
-        close(fd); close(efd); r->lfd = r->efd = -1;
+        close(fd); r->lfd = -1;
+        fa_waker_close(&r->stop_wake);
         return -1;
     }
     r->started = true;
@@ -1329,13 +1338,12 @@ void fa_relay_stop(fa_relay *r)
 {
     if (!r->started) return;
     __atomic_store_n(&r->stopping, 1, __ATOMIC_RELEASE);
-    uint64_t one = 1;
-    ssize_t w = write(r->efd, &one, sizeof one);
-    (void)w;
+    fa_waker_wake(&r->stop_wake);
     pthread_join(r->thread, NULL);
     r->started = false;
-    close(r->lfd); close(r->efd);
-    r->lfd = r->efd = -1;
+    close(r->lfd);
+    r->lfd = -1;
+    fa_waker_close(&r->stop_wake);
     /* Gauges die with the connections; the cumulative counts stay. */
     __atomic_store_n(&r->ctr[FA_RC_CONNECTIONS], 0, __ATOMIC_RELAXED);
     __atomic_store_n(&r->ctr[FA_RC_LINKS], 0, __ATOMIC_RELAXED);
@@ -1347,6 +1355,17 @@ void fa_relay_free(fa_relay *r)
     if (!r) return;
     fa_relay_stop(r);
     free(r->host); free(r->container_id); free(r->product); free(r->version);
-    free(r->router_id); free(r->dirty);
+    free(r->router_id);
+    for (int i = 0; i < r->nroutes; i++) free(r->routes[i].prefix);
+    free(r->routes);
+    fa_map_free(&r->nodes);
+    free(r->fds);
+    free(r->owners);
     free(r);
+}
+
+int fa_relay_distribution(fa_relay *r, const char *address)
+{
+    /* The table is read-only once made: safe beside the running relay thread. */
+    return table_lookup(r, normalize(address));
 }

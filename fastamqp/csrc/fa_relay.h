@@ -5,8 +5,8 @@
  * No Python object is touched on that thread. The Python face is
  * fastamqp/intermediary/_relay.pyx.
  *
- * Limits (see docs/relay.md): plain TCP only, SASL ANONYMOUS only, no fault hooks,
- * fixed address tables (routing.ROUTER_ADDRESSES / BROKER_*_PATTERNS).
+ * Limits (see docs/relay.md): plain TCP only, SASL ANONYMOUS only, no fault hooks.
+ * The address table comes from routing.py (relay.py builds it): no copy of it here.
  */
 #ifndef FA_RELAY_H
 #define FA_RELAY_H
@@ -16,6 +16,25 @@
 
 #define FA_RELAY_ROUTER 0
 #define FA_RELAY_BROKER 1
+
+/* Distributions: routing.CLOSEST ... routing.TOPIC (the router uses the first three,
+ * the broker the last two). */
+enum { FA_DIST_CLOSEST, FA_DIST_BALANCED, FA_DIST_MULTICAST, FA_DIST_QUEUE, FA_DIST_TOPIC };
+
+typedef struct {
+    int mode;                          /* FA_RELAY_ROUTER / FA_RELAY_BROKER */
+    const char *host;
+    int port;
+    const char *container_id, *product, *version, *router_id;
+    int window;                        /* routing.DEFAULT_WINDOW: qdrouterd's
+                                        * linkCapacity (>= 1) */
+    /* routing.AddressTable: prefixes in match order (the first that matches an
+     * address on a token boundary wins), their distributions, and the default. */
+    const char *const *route_prefixes;
+    const int *route_dists;
+    int nroutes;
+    int default_dist;
+} fa_relay_config;
 
 /* Counter indices; names in the same order as COUNTER_NAMES in _relay.pyx (the
  * cumulative ones are routing.COUNTER_NAMES, in its order). */
@@ -30,10 +49,11 @@ enum {
 
 typedef struct fa_relay fa_relay;
 
-/* All strings are copied. Returns NULL on allocation failure. */
-fa_relay *fa_relay_new(int mode, const char *host, int port, const char *container_id,
-                       const char *product, const char *version, const char *router_id,
-                       int window);   /* routing.DEFAULT_WINDOW: qdrouterd's linkCapacity */
+/* All strings are copied. Returns NULL on allocation failure (or window < 1). */
+fa_relay *fa_relay_new(const fa_relay_config *cfg);
+/* The distribution (FA_DIST_*) the table gives an address, as routing.AddressTable's
+ * lookup of routing.normalize(address): what tests compare. Any thread. */
+int fa_relay_distribution(fa_relay *r, const char *address);
 /* Binds, listens and starts the thread. Returns the bound port, or -1 with a message
  * in err. */
 int fa_relay_start(fa_relay *r, char *err, size_t errlen);

@@ -3,7 +3,9 @@
 Same routing behaviour as ``Intermediary`` (routing.RouterCore / BrokerCore) for the
 data path, in C on its own native thread (fastamqp/csrc/fa_relay.c), at a fraction of
 the CPU per message. What it does not do: fault hooks, SASL other than ANONYMOUS, TLS,
-custom address tables, several listeners (docs/relay.md). Use ``Intermediary`` for those.
+several listeners (docs/relay.md). Use ``Intermediary`` for those. Its address table is
+routing.py's, built here and handed to the C side at start: the same ``addresses``,
+``default_distribution``, ``queue_patterns`` and ``topic_patterns`` as ``Intermediary``.
 
     with Relay(mode="router") as r:
         transport_url = r.url
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 from . import BROKER_PRODUCT, ROUTER_PRODUCT, _version, routing
 
@@ -42,14 +44,19 @@ class Relay:
     The members shared with ``Intermediary``: ``mode``, ``product``, ``port``, ``url``,
     ``urls``, ``ports``, ``counters``, ``running``, ``start()``, ``stop()``, context
     manager. Counters: routing.COUNTER_NAMES plus connections_total, links_total and
-    the gauges connections, links, stored (no per-address breakdown). ``window``: as
-    ``Intermediary``'s (qdrouterd's linkCapacity).
+    the gauges connections, links, stored (no per-address breakdown). ``window``,
+    ``addresses``, ``default_distribution`` (router), ``queue_patterns`` and
+    ``topic_patterns`` (broker): as ``Intermediary``'s.
     """
 
     def __init__(self, mode: str = "router", host: str = "127.0.0.1", port: int = 0,
                  product: Optional[str] = None, version: Optional[str] = None,
                  router_id: str = "fastamqp", container_id: Optional[str] = None,
-                 window: int = routing.DEFAULT_WINDOW):
+                 window: int = routing.DEFAULT_WINDOW,
+                 addresses: Optional[Iterable[Tuple[str, str]]] = None,
+                 queue_patterns: Optional[Iterable[str]] = None,
+                 topic_patterns: Optional[Iterable[str]] = None,
+                 default_distribution: str = routing.BALANCED):
         if mode not in ("router", "broker"):
             raise ValueError("mode must be 'router' or 'broker'")
         if _relay is None:
@@ -63,6 +70,11 @@ class Relay:
         self.router_id = router_id
         self.container_id = container_id or ("fastamqp-%s-%s" % (mode, router_id))
         self.window = window
+        # routing.py's table, the one RouterCore / BrokerCore would use.
+        if mode == "router":
+            self.table = routing.router_table(addresses, default_distribution)
+        else:
+            self.table = routing.broker_table(queue_patterns, topic_patterns)
         self._core = None
         self._port = 0
         self._last = None
@@ -75,7 +87,8 @@ class Relay:
             # After a first start, restart on the port actually bound.
             core = _relay.RelayCore(self.mode, self.host, self._port or self._want_port,
                                     self.container_id, self.product, self.version,
-                                    self.router_id, self.window)
+                                    self.router_id, self.window,
+                                    self.table.entries, self.table.default)
             self._port = core.start()
             self._core = core
         return self
@@ -89,6 +102,14 @@ class Relay:
                 return
             core.stop()
             self._last = core.counters()
+
+    def distribution(self, address: str) -> str:
+        """The distribution the C side gives ``address`` from its table (the temporary
+        addresses it made aside): compared with routing.py's by the tests."""
+        core = self._core
+        if core is None:
+            raise RuntimeError("the relay is not running")
+        return core.distribution(address)
 
     @property
     def running(self) -> bool:

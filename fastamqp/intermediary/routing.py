@@ -83,6 +83,25 @@ class AddressTable:
         return self.default
 
 
+def router_table(addresses: Optional[Iterable[Tuple[str, str]]] = None,
+                 default: str = BALANCED) -> AddressTable:
+    """RouterCore's address table; the C relay is handed the same one (relay.py)."""
+    return AddressTable(ROUTER_ADDRESSES if addresses is None else addresses, default)
+
+
+def broker_table(queue_patterns: Optional[Iterable[str]] = None,
+                 topic_patterns: Optional[Iterable[str]] = None) -> AddressTable:
+    """BrokerCore's address table; the C relay is handed the same one (relay.py).
+
+    Addresses matching neither pattern are treated as queues (auto-created): the driver
+    only uses pattern addresses with qpidd, and a queue is the safer guess for anything
+    else because it never loses a message sent before the consumer attaches (qpidd
+    itself would refuse an unknown node)."""
+    qp = BROKER_QUEUE_PATTERNS if queue_patterns is None else queue_patterns
+    tp = BROKER_TOPIC_PATTERNS if topic_patterns is None else topic_patterns
+    return AddressTable([(x, QUEUE) for x in qp] + [(x, TOPIC) for x in tp], QUEUE)
+
+
 class Outcome:
     """A terminal delivery state, as plain data so both sides can carry it."""
     __slots__ = ("kind", "failed", "undeliverable", "condition", "annotations")
@@ -313,8 +332,7 @@ class RouterCore(_Core):
     def __init__(self, wire, counters, faults, addresses=None, default=BALANCED,
                  router_id="fastamqp", window=DEFAULT_WINDOW):
         super().__init__(wire, counters, faults, window)
-        self.table = AddressTable(ROUTER_ADDRESSES if addresses is None else addresses,
-                                  default)
+        self.table = router_table(addresses, default)
         self.router_id = router_id
         self.consumers: Dict[str, List[Consumer]] = {}
         self.rr: Dict[str, int] = collections.defaultdict(int)
@@ -492,14 +510,7 @@ class BrokerCore(_Core):
     def __init__(self, wire, counters, faults, queue_patterns=None, topic_patterns=None,
                  window=DEFAULT_WINDOW):
         super().__init__(wire, counters, faults, window)
-        qp = BROKER_QUEUE_PATTERNS if queue_patterns is None else queue_patterns
-        tp = BROKER_TOPIC_PATTERNS if topic_patterns is None else topic_patterns
-        # Addresses matching neither pattern are treated as queues (auto-created):
-        # the driver only uses pattern addresses with qpidd, and a queue is the safer
-        # guess for anything else because it never loses a message sent before the
-        # consumer attaches (qpidd itself would refuse an unknown node).
-        self.table = AddressTable([(x, QUEUE) for x in qp] + [(x, TOPIC) for x in tp],
-                                  QUEUE)
+        self.table = broker_table(queue_patterns, topic_patterns)
         self.queues: Dict[str, Queue] = {}
         self.topics: Dict[str, List[Queue]] = {}
         self.shared: Dict[str, Queue] = {}     # shared subscriptions by link name
