@@ -213,7 +213,12 @@ ALL_OPTS = amqp1_opts + fastamqp_opts
 
 def pre_settled(group):
     """The message types to send pre-settled, checked: an unknown one is an error."""
-    chosen = set(group.pre_settled)
+    value = group.pre_settled
+    # A MultiStrOpt given in the URL query (amqp://h?pre_settled=rpc-cast) or the
+    # environment arrives as one string: "rpc-cast" or "rpc-cast,notify".
+    if isinstance(value, str):
+        value = [value]
+    chosen = {part.strip() for item in value for part in item.split(",") if part.strip()}
     unknown = sorted(chosen.difference(PRE_SETTLED_TYPES))
     if unknown:
         raise ConfigurationError(

@@ -137,6 +137,8 @@ def test_released_resends_stop_at_the_deadline(connect, router, caplog):
     with caplog.at_level(logging.ERROR, logger="fastamqp.send"):
         confirmed(client, ANYCAST, "never", seconds=1.0)
         wait_for(lambda: client.statistics()["given_up"] == 1, what="giving up")
+        # The C engine's line reaches Python through its dispatcher thread.
+        wait_for(lambda: "released" in caplog.text, timeout=2, what="the log line")
     stats = client.statistics()
     assert stats["held"] == 0
     # The pauses grow: far fewer resends than the second allows at the first pause.

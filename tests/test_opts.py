@@ -91,3 +91,12 @@ def test_config_generator_entry_point():
     from importlib.metadata import entry_points
     [ep] = [ep for ep in entry_points(group="oslo.config.opts") if ep.name == "fastamqp"]
     assert ep.load() is opts.list_opts
+
+
+def test_pre_settled_from_a_url_query_or_the_environment_is_one_string():
+    # amqp://host?pre_settled=rpc-cast,notify reaches the driver as one string.
+    class Group:
+        pre_settled = "rpc-cast,notify"
+    assert opts.pre_settled(Group) == {"rpc-cast", "notify"}
+    Group.pre_settled = "rpc-cast"
+    assert opts.pre_settled(Group) == {"rpc-cast"}

@@ -143,6 +143,7 @@ class _Sender:
         # sends callers have queued that this thread has not run yet), and those.
         self.view = 0
         self.queued = 0
+        self.flowing = False                 # active and has had credit: a consumer exists
         self.retired = False                 # dropped: callers must not count on it
 
     def attach(self, pyngus_conn):
@@ -187,6 +188,7 @@ class _Sender:
         with engine._lock:
             if not self.retired:
                 self.view = credit - self.queued
+                self.flowing = self.active and self.credit_seen
                 engine._views[self.address] = self
 
     def uncount(self):
@@ -673,8 +675,13 @@ class Connection(ControlPlane):
             if sender is not None:
                 # Every send queued for this link is counted, told or not: the I/O
                 # thread runs them in order, and each takes a unit of its credit.
-                told = sender.view > 0 and (presettled or (
-                    send.confirm and self._held < self._window and not self._wwait))
+                # A confirmed send is also taken while its link is merely short of
+                # credit (it has had some: a consumer exists, merely busy): it waits
+                # in the window, not its caller. A link that never had credit keeps
+                # the rule of any send (no consumer: an error at the deadline).
+                told = (sender.view > 0 and presettled) or (
+                    send.confirm and (sender.view > 0 or sender.flowing)
+                    and self._held < self._window and not self._wwait)
                 sender.view -= 1
                 sender.queued += 1
                 send.counted_by = sender
