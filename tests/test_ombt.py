@@ -21,6 +21,9 @@ including kinds nobody runs -- in the standalone modes, two of the four. qdroute
 the embedded router like it, gives such a sender no credit (DISPATCH-1481); the
 standalone runs through the router need fastamqp to drop a fanout cast that has no
 receiver instead of failing it after the send timeout.
+
+FASTAMQP_OMBT_ROUTER_URL and FASTAMQP_OMBT_BROKER_URL run the same tests against real
+peers instead (a qdrouterd and a qpidd; docs/ombt.md).
 """
 import os
 import re
@@ -28,6 +31,7 @@ import select
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -38,6 +42,8 @@ CALLS = 50
 RUN_TIMEOUT = 120    # one ombt run, standalone or controller (about 6 s when healthy)
 READY_TIMEOUT = 60   # a distributed ombt process connected to its control bus
 EXIT_TIMEOUT = 30    # a distributed ombt process gone after `controller shutdown`
+EXTERNAL_URLS = {"router": os.environ.get("FASTAMQP_OMBT_ROUTER_URL"),
+                 "broker": os.environ.get("FASTAMQP_OMBT_BROKER_URL")}
 
 # What each kind of test prints: the client and server kinds it found, then one
 # "Aggregated <side> results:" section per side.
@@ -59,6 +65,18 @@ def ombt():
             pytest.fail(message)
         pytest.skip(message)
     return OMBT
+
+
+def bus_url(request, bus):
+    """The URL of the "router" or the "broker": a real one when the environment names
+    it, otherwise the embedded intermediary in that mode, for this test."""
+    return EXTERNAL_URLS[bus] or request.getfixturevalue(bus).url
+
+
+def own_topic():
+    # ombt's control and test addresses derive from --topic: a topic of its own keeps
+    # a test clear of any other ombt run on the same (real) peers.
+    return "test-" + uuid.uuid4().hex[:12]
 
 
 def run_ombt(ombt, engine, cwd, *argv):
@@ -121,8 +139,8 @@ STANDALONE = [
 @pytest.mark.parametrize("mode, counts_line, sides", STANDALONE)
 @pytest.mark.parametrize("engine", CHILD_ENGINES)
 def test_standalone(ombt, engine, mode, counts_line, sides, bus, request, tmp_path):
-    url = request.getfixturevalue(bus).url
-    output = run_ombt(ombt, engine, tmp_path, "--url", url, *mode)
+    output = run_ombt(ombt, engine, tmp_path, "--url", bus_url(request, bus),
+                      "--topic", own_topic(), *mode)
     check_results(output, counts_line, sides, CALLS)
 
 
@@ -136,12 +154,12 @@ class DistributedProcess:
     It sends its stdout and stderr to /dev/null from then on; its log goes to a file.
     """
 
-    def __init__(self, ombt, engine, cwd, kind, url, control):
+    def __init__(self, ombt, engine, cwd, kind, url, control, topic):
         self.kind = kind
         self.log_prefix = os.path.join(cwd, kind + "-")
         self.stderr = open(os.path.join(cwd, kind + ".stderr"), "w+")
         self.proc = subprocess.Popen(
-            [ombt, "--url", url, "--control", control,
+            [ombt, "--url", url, "--control", control, "--topic", topic,
              "--logfile-prefix", self.log_prefix, kind, "-X-daemon"],
             env=child_env(engine), cwd=cwd, stdout=subprocess.PIPE,
             stderr=self.stderr, text=True)
@@ -178,19 +196,21 @@ class DistributedProcess:
 
 
 @pytest.mark.parametrize("engine", CHILD_ENGINES)
-def test_distributed(ombt, engine, router, broker, tmp_path):
+def test_distributed(ombt, engine, request, tmp_path):
     # Control and RPC through the router, notifications through the broker.
+    router, broker = bus_url(request, "router"), bus_url(request, "broker")
+    topic = own_topic()
     processes = []
     try:
-        for kind, url in (("rpc-server", router.url), ("rpc-client", router.url),
-                          ("listener", broker.url), ("notifier", broker.url)):
+        for kind, url in (("rpc-server", router), ("rpc-client", router),
+                          ("listener", broker), ("notifier", broker)):
             processes.append(DistributedProcess(ombt, engine, str(tmp_path), kind, url,
-                                                control=router.url))
+                                                control=router, topic=topic))
         for process in processes:
             process.wait_ready()
 
         def controller(*test):
-            return run_ombt(ombt, engine, tmp_path, "--url", router.url,
+            return run_ombt(ombt, engine, tmp_path, "--url", router, "--topic", topic,
                             "controller", *test)
 
         check_results(controller("rpc-call", "--calls", str(CALLS)),
