@@ -1966,6 +1966,14 @@ static void run_commands(fa_io *io)
     (void)r;
     pthread_mutex_unlock(&io->lock);
 
+    /* Outcomes first: one the caller settled before it unsubscribed must reach the
+     * peer before the detach, or a router releases the message to its sender, which
+     * sends again a request that has already run. */
+    while (recs) {
+        fa_rec *next = recs->next;
+        settle_rec(io, recs);
+        recs = next;
+    }
     while (c) {
         cmd *next = c->next;
         fa_sub *sub = c->ptr, **p;
@@ -2010,11 +2018,6 @@ static void run_commands(fa_io *io)
         fa_op *next = ops->cmd_next;
         submit(io, ops);
         ops = next;
-    }
-    while (recs) {
-        fa_rec *next = recs->next;
-        settle_rec(io, recs);
-        recs = next;
     }
     if (close && !io->closing) {
         fa_sub *sub;
