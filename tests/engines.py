@@ -21,3 +21,22 @@ if c_connection is not None:
 if ENGINE_TESTS_DONE:
     ENGINES = [pytest.param(None, id="done", marks=pytest.mark.skip(
         reason="FASTAMQP_ENGINE_TESTS_DONE=1: run on both engines in the C install"))]
+
+# The same engines for a child process (an oslo.messaging program run as a
+# subprocess, e.g. ombt), chosen the way users choose: FASTAMQP_PUREPYTHON in its
+# environment. Pass the parameter to child_env().
+CHILD_ENGINES = [pytest.param("python", id="python")]
+if c_connection is not None:
+    CHILD_ENGINES.append(pytest.param("c", id="c"))
+if ENGINE_TESTS_DONE:
+    CHILD_ENGINES = [pytest.param(None, id="done", marks=pytest.mark.skip(
+        reason="FASTAMQP_ENGINE_TESTS_DONE=1: run on both engines in the C install"))]
+
+
+def child_env(engine, **extra):
+    """This process's environment for a child on ``engine`` ("c" or "python")."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTAMQP_PUREPYTHON"}
+    if engine == "python":
+        env["FASTAMQP_PUREPYTHON"] = "1"
+    env.update(extra)
+    return env

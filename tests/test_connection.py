@@ -474,3 +474,23 @@ def test_a_reply_nobody_can_claim_is_refused_alike(connect, router):
     assert result.outcome is Outcome.MODIFIED
     assert result.delivery_failed and result.undeliverable_here
     assert client.active        # one poison message does not cost the connection
+
+
+def test_outcome_settled_before_unsubscribing_reaches_the_sender(connect, router):
+    # A server that acknowledges a request and stops listening at once (ombt's
+    # controller takes the last result and shuts down) must still send the outcome
+    # before the detach: a router releases what is unsettled on a closing link, and
+    # the caller then sends a request that ran already again (to run twice, or to be
+    # released until its deadline).
+    sender, server = connect(router), connect(router)
+    for i in range(20):
+        address = f"openstack.org/om/rpc/unicast/openstack/compute/settle-{i}"
+        sub = server.subscribe([address], 10)
+        results = []
+        sending = threading.Thread(target=lambda: results.append(sender.send(
+            address, request(address), presettled=False, deadline=deadline())))
+        sending.start()
+        sub.settle(poll_one(sub), Outcome.ACCEPTED)
+        sub.close()
+        sending.join(TIMEOUT)
+        assert results and results[0].outcome is Outcome.ACCEPTED, (i, results)

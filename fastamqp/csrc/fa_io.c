@@ -2366,6 +2366,14 @@ static void run_commands(fa_io *io)
     if (activate_failed && activate_failed == io->generation && !io->activated)
         drop_for_memory(io, "activating");
 
+    /* Outcomes first: one the caller settled before it unsubscribed must reach the
+     * peer before the detach, or a router releases the message to its sender, which
+     * sends again a request that has already run. */
+    while (recs) {
+        fa_rec *next = recs->next;
+        settle_rec(io, recs);
+        recs = next;
+    }
     while (c) {
         cmd *next = c->next;
         fa_sub *sub = c->ptr, **p;
@@ -2405,11 +2413,6 @@ static void run_commands(fa_io *io)
         fa_op *next = ops->cmd_next;
         submit(io, ops);
         ops = next;
-    }
-    while (recs) {
-        fa_rec *next = recs->next;
-        settle_rec(io, recs);
-        recs = next;
     }
     if (close && !io->closing && !io->draining) {
         if (io->drain > 0 && !io->quit) {
