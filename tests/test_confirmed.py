@@ -54,11 +54,19 @@ def confirmed(conn, address, method, seconds=TIMEOUT, **kw):
                      deadline=deadline(seconds), confirm=True, **kw)
 
 
-def test_a_confirmed_send_returns_before_its_outcome(connect, router):
+def consumer_and_client(connect, router, credit=100, address=ANYCAST, **client_settings):
+    """A consuming connection subscribed to ``address`` (a router gives senders
+    credit only once a consumer is known) and a client connection; returns
+    (subscription, client)."""
     consumer = connect(router)
-    client = connect(router)
-    sub = consumer.subscribe([ANYCAST], 500)
+    client = connect(router, **client_settings)
+    sub = consumer.subscribe([address], credit)
     time.sleep(0.2)
+    return sub, client
+
+
+def test_a_confirmed_send_returns_before_its_outcome(connect, router):
+    sub, client = consumer_and_client(connect, router, 500)
     for i in range(200):
         # Through a router the outcome is the consumer's, who settles nothing yet:
         # a plain unsettled send would wait here for it.
@@ -72,10 +80,7 @@ def test_a_confirmed_send_returns_before_its_outcome(connect, router):
 
 
 def test_a_full_window_blocks_and_fails_at_the_deadline(connect, router):
-    consumer = connect(router)
-    client = connect(router, send_window=5)
-    sub = consumer.subscribe([ANYCAST], 100)
-    time.sleep(0.2)
+    sub, client = consumer_and_client(connect, router, 100, send_window=5)
     for i in range(5):
         confirmed(client, ANYCAST, f"m{i}")
     assert client.statistics()["held"] == 5
@@ -93,10 +98,7 @@ def test_a_full_window_blocks_and_fails_at_the_deadline(connect, router):
 
 
 def test_a_caller_waiting_for_room_is_taken_when_room_comes(connect, router):
-    consumer = connect(router)
-    client = connect(router, send_window=2)
-    sub = consumer.subscribe([ANYCAST], 100)
-    time.sleep(0.2)
+    sub, client = consumer_and_client(connect, router, 100, send_window=2)
     confirmed(client, ANYCAST, "a")
     confirmed(client, ANYCAST, "b")
     done = threading.Event()
@@ -114,10 +116,7 @@ def test_a_caller_waiting_for_room_is_taken_when_room_comes(connect, router):
 
 
 def test_a_released_send_goes_again_until_delivered(connect, router):
-    consumer = connect(router)
-    client = connect(router)
-    sub = consumer.subscribe([ANYCAST], 10)
-    time.sleep(0.2)
+    sub, client = consumer_and_client(connect, router, 10)
     router.faults.set_outcome(ANYCAST, "released")
     confirmed(client, ANYCAST, "flap")
     wait_for(lambda: client.statistics()["resent_released"] >= 3,
@@ -129,10 +128,7 @@ def test_a_released_send_goes_again_until_delivered(connect, router):
 
 
 def test_released_resends_stop_at_the_deadline(connect, router, caplog):
-    consumer = connect(router)
-    client = connect(router)
-    consumer.subscribe([ANYCAST], 10)     # a consumer, so the router gives credit
-    time.sleep(0.2)
+    _, client = consumer_and_client(connect, router, 10)
     router.faults.set_outcome(ANYCAST, "released")
     with caplog.at_level(logging.ERROR, logger="fastamqp.send"):
         confirmed(client, ANYCAST, "never", seconds=1.0)
@@ -147,10 +143,7 @@ def test_released_resends_stop_at_the_deadline(connect, router, caplog):
 
 
 def test_a_rejected_send_is_logged_once_and_not_resent(connect, router, caplog):
-    consumer = connect(router)
-    client = connect(router)
-    consumer.subscribe([ANYCAST], 10)
-    time.sleep(0.2)
+    _, client = consumer_and_client(connect, router, 10)
     router.faults.set_outcome(ANYCAST, "rejected")
     with caplog.at_level(logging.ERROR, logger="fastamqp.send"):
         confirmed(client, ANYCAST, "bad")
@@ -165,10 +158,7 @@ def test_a_rejected_send_is_logged_once_and_not_resent(connect, router, caplog):
 
 def test_confirmed_sends_in_flight_go_again_after_a_connection_loss(connect):
     with Intermediary(mode="router") as router:
-        consumer = connect(router)
-        client = connect(router)
-        sub = consumer.subscribe([ANYCAST], 100)
-        time.sleep(0.2)
+        sub, client = consumer_and_client(connect, router, 100)
         for i in range(20):
             confirmed(client, ANYCAST, f"m{i}", seconds=30)
         # The consumer has them, unsettled, when every connection is cut: all 20
@@ -201,10 +191,7 @@ def test_a_fanout_with_no_receiver_returns_promptly(connect, router):
 
 
 def test_a_fanout_with_receivers_is_delivered(connect, router):
-    consumer = connect(router)
-    client = connect(router)
-    sub = consumer.subscribe([MULTICAST], 100)
-    time.sleep(0.2)
+    sub, client = consumer_and_client(connect, router, 100, MULTICAST)
     for i in range(10):
         client.send(MULTICAST, request(MULTICAST, f"f{i}"), presettled=False,
                     deadline=deadline(), confirm=True, fanout=True)
@@ -221,10 +208,7 @@ def test_anycast_with_no_consumer_still_fails_at_the_deadline(connect, router):
 
 
 def test_a_send_waiting_for_credit_does_not_hold_up_other_addresses(connect, router):
-    consumer = connect(router)
-    client = connect(router, send_window=3)
-    sub = consumer.subscribe([ANYCAST], 100)
-    time.sleep(0.2)
+    sub, client = consumer_and_client(connect, router, 100, send_window=3)
     stuck = []
     for _ in range(5):      # more callers waiting for credit than the window holds
         threading.Thread(target=lambda: stuck.append(pytest.raises(
@@ -240,10 +224,7 @@ def test_a_send_waiting_for_credit_does_not_hold_up_other_addresses(connect, rou
 
 
 def test_close_waits_for_the_window_to_be_settled(connect, router):
-    consumer = connect(router)
-    client = connect(router)
-    sub = consumer.subscribe([ANYCAST], 100)
-    time.sleep(0.2)
+    sub, client = consumer_and_client(connect, router, 100)
     for i in range(30):
         confirmed(client, ANYCAST, f"m{i}")
     got = []
@@ -258,10 +239,7 @@ def test_close_waits_for_the_window_to_be_settled(connect, router):
 
 
 def test_close_gives_up_at_the_drain_limit_and_says_so(connect, router, caplog):
-    consumer = connect(router)
-    client = connect(router)
-    consumer.subscribe([ANYCAST], 100)       # takes, never settles
-    time.sleep(0.2)
+    _, client = consumer_and_client(connect, router, 100)
     for i in range(3):
         confirmed(client, ANYCAST, f"m{i}")
     started = time.monotonic()
