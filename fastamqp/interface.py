@@ -224,8 +224,8 @@ class Connection(Protocol):
         ``confirm=True`` (unsettled sends only): do not wait for the outcome. The
         send returns ACCEPTED once the engine has taken the message -- on the wire, or
         on a link with credit for it, and within the connection's send window -- and
-        the engine keeps it until the peer settles it: released or plainly modified,
-        it goes again after a short, growing pause (fastamqp.policy) while its
+        the engine keeps it until the peer settles it: released, or modified without
+        undeliverable-here, it goes again after a short, growing pause (fastamqp.policy) while its
         deadline and ``retry`` allow; rejected, it is logged and counted; in doubt at
         a connection loss, it goes again on the next connection before newer sends
         (at least once). Until taken, the rules are those of any send: no credit by

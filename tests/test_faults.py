@@ -526,9 +526,13 @@ def test_credit_withheld_then_returned(engine, conf, transports, request):
 # tests/test_driver_original.py::test_retransmit covers calls; these cover unsettled
 # casts and notifications.
 
+# Casts and notifications are confirmed: modified with delivery-failed goes again too
+# (a consumer had it: counted as possibly duplicated); undeliverable-here does not.
 OUTCOMES = [("released", {}, True), ("modified", {}, True),
-            ("modified", {"delivery_failed": True}, False), ("rejected", {}, False)]
-OUTCOME_IDS = ["released", "modified", "modified_failed", "rejected"]
+            ("modified", {"delivery_failed": True}, True),
+            ("modified", {"undeliverable_here": True}, False), ("rejected", {}, False)]
+OUTCOME_IDS = ["released", "modified", "modified_failed", "modified_undeliverable",
+               "rejected"]
 
 
 @pytest.mark.parametrize("kind, outcome, flags, resent", [

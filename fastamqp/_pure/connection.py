@@ -1209,13 +1209,18 @@ class Connection(ControlPlane):
             self._stats["settled"] += 1
             self._release(send)
             return
-        failed = info.get("delivery-failed") or info.get("undeliverable-here")
-        if outcome is Outcome.RELEASED or (outcome is Outcome.MODIFIED and not failed):
-            # It never reached a consumer: sending it again cannot duplicate it.
+        # Released, or modified without undeliverable-here: it goes again. Modified
+        # with delivery-failed means a consumer had it (qdrouterd says so when the
+        # consumer's link went away before settling): the copy sent again may be a
+        # duplicate, and is counted as one.
+        if outcome is Outcome.RELEASED or (outcome is Outcome.MODIFIED
+                                           and not info.get("undeliverable-here")):
             pause = policy.released_pause(send.attempts, self._settings.link_retry_delay)
             send.attempts += 1
             if time.monotonic() + pause < send.deadline and send.may_retry():
                 self._stats["resent_released"] += 1
+                if outcome is Outcome.MODIFIED and info.get("delivery-failed"):
+                    self._stats["possibly_duplicated"] += 1
                 self._later(pause, lambda: self._submit(send))
                 return
             self._give_up(send, f"the peer {outcome.value} it until its deadline or its "

@@ -2036,9 +2036,13 @@ static void settle_rec(fa_io *io, fa_rec *rec)
 static void confirmed_outcome(fa_io *io, fa_op *op, pn_delivery_t *d, int outcome)
 {
     pn_disposition_t *remote = pn_delivery_remote(d);
+    /* Released, or modified without undeliverable-here: it goes again. Modified
+     * with delivery-failed means a consumer had it (qdrouterd says so when the
+     * consumer's link went away before settling): the copy sent again may be a
+     * duplicate, and is counted as one. */
     int retryable = outcome == FA_RELEASED ||
-        (outcome == FA_MODIFIED && !pn_disposition_is_failed(remote) &&
-         !pn_disposition_is_undeliverable(remote));
+        (outcome == FA_MODIFIED && !pn_disposition_is_undeliverable(remote));
+    int maybe_dup = outcome == FA_MODIFIED && pn_disposition_is_failed(remote);
     pn_delivery_set_context(d, NULL);
     op->delivery = NULL;
     list_remove(op);
@@ -2050,11 +2054,11 @@ static void confirmed_outcome(fa_io *io, fa_op *op, pn_delivery_t *d, int outcom
         return;
     }
     if (retryable) {
-        /* It never reached a consumer: sending it again cannot duplicate it. */
         double now = fa_monotonic(), pause = released_pause(io, op->attempts++);
         if (now + pause < op->deadline && op_may_retry(op)) {
             pthread_mutex_lock(&io->lock);
             io->st.resent_released++;
+            io->st.possibly_duplicated += maybe_dup;
             pthread_mutex_unlock(&io->lock);
             op->retry_at = now + pause;
             list_push(&io->retry, op);

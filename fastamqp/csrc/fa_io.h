@@ -66,8 +66,8 @@ enum { FA_ERR_NONE = 0, FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT, FA_ERR_SEND_FAILURE,
  * FA_SEND_CONFIRM: an unsettled send whose caller does not wait for the outcome. The
  * caller is released once the message is taken: on the wire (or on a link with
  * credit for it) and counted in the connection's window. From then on the I/O thread
- * owns it until the peer settles it: accepted, it is forgotten; released or plainly
- * modified, it goes again after a short, growing pause while its deadline allows;
+ * owns it until the peer settles it: accepted, it is forgotten; released, or
+ * modified without undeliverable-here, it goes again after a short, growing pause while its deadline allows;
  * rejected (or modified undeliverable-here), it is logged and counted; in doubt at a
  * connection loss, it goes again on the next connection before newer sends. While
  * the window is full the send behaves as a plain unsettled one: the caller waits for
