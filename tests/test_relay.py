@@ -38,7 +38,7 @@ from test_intermediary import (  # noqa: E402,F401
     test_router_balanced_spreads_over_consumers,
     test_router_closest,
     test_router_congested_consumer_discards_presettled,
-    test_router_consumer_disconnect_releases_in_flight,
+    test_router_consumer_disconnect_modifies_in_flight,
     test_router_credit_waits_for_consumer,
     test_router_dynamic_source,
     test_router_multicast_fans_out,

@@ -435,6 +435,8 @@ static void settle_origin(fa_relay *r, msg *m, uint64_t type, pn_delivery_t *fro
     case PN_REJECTED: BUMP(r, FA_RC_REJECTED); break;
     case PN_MODIFIED: BUMP(r, FA_RC_MODIFIED); break;
     }
+    if (!from && type == PN_MODIFIED)
+        pn_disposition_set_failed(pn_delivery_local(o), true);
     if (from) {
         pn_disposition_t *local = pn_delivery_local(o), *remote = pn_delivery_remote(from);
         if (type == PN_REJECTED) {
@@ -806,10 +808,12 @@ static void link_gone(fa_relay *r, rlink *l)
             msg_free(m);
         }
         while ((m = l->unsettled)) {
+            /* The consumer had it and may have acted on it: qdrouterd 1.19 answers
+             * modified, delivery-failed (checked side by side). */
             pn_delivery_t *d = m->out;
             cons_unlink(m);
             if (d) pn_delivery_settle(d);
-            settle_origin(r, m, PN_RELEASED, NULL);
+            settle_origin(r, m, PN_MODIFIED, NULL);
             msg_free(m);
         }
         dirty_node(r, n);

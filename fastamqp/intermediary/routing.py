@@ -123,6 +123,10 @@ class Outcome:
 
 ACCEPTED = Outcome("accepted")
 RELEASED = Outcome("released")
+# What qdrouterd 1.19 answers for a delivery its consumer had but did not settle when
+# the consumer's link or connection went away (checked side by side: modified,
+# delivery-failed): the consumer may have acted on it.
+CONSUMER_GONE = Outcome("modified", failed=True)
 
 
 class Message:
@@ -380,9 +384,9 @@ class RouterCore(_Core):
             if m.settled:
                 self._drop(m)
             else:
-                self._settle(m, RELEASED)
+                self._settle(m, RELEASED)         # it never reached the consumer
         for m in c.unsettled.values():
-            self._settle(m, RELEASED)
+            self._settle(m, CONSUMER_GONE)
         c.unsettled.clear()
         self._dirty_address(c.address)
 
