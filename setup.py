@@ -20,7 +20,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The Cython modules CMakeLists.txt builds (fastamqp_cython_module calls).
-C_MODULES = ["_core", "_io", "intermediary._relay"]
+C_MODULES = ["_core", "engine.c._io", "intermediary._relay"]
 
 
 def _flag(name):

@@ -17,7 +17,7 @@ import proton
 import pytest
 
 from fastamqp import engine, serializers
-from fastamqp.selfcheck import (NOTIFY_ADDRESS, REPLY_ADDRESS, RPC_ADDRESS,
+from fastamqp.tools.codec_check import (NOTIFY_ADDRESS, REPLY_ADDRESS, RPC_ADDRESS,
                                 original_decode, original_encode_request,
                                 sample_context, sample_request)
 

@@ -19,9 +19,9 @@ import time
 import pytest
 
 from fastamqp import codec
-from fastamqp._pure.connection import Connection as PureConnection
+from fastamqp.engine.pure.connection import Connection as PureConnection
 from fastamqp.engine import c_connection
-from fastamqp.interface import ConnectionSettings, Host
+from fastamqp.engine.interface import ConnectionSettings, Host
 
 ENGINES = [pytest.param(PureConnection, id="python")]
 if c_connection is not None:

@@ -20,7 +20,7 @@ import sys
 
 LAYERS = [
     # (layer, substrings of the leaf frame's file name), first match wins
-    ("fastamqp C engine (wrapper + _io.so)", ("fastamqp/_cengine.py", "fastamqp/_io")),
+    ("fastamqp C engine (wrapper + _io.so)", ("fastamqp/engine/c/connection.py", "fastamqp/engine/c/_io")),
     ("fastamqp pure-Python engine", ("fastamqp/_pure/",)),
     ("fastamqp intermediary", ("fastamqp/intermediary/",)),
     ("fastamqp driver (driver.py, codec, ...)", ("fastamqp/",)),

@@ -74,7 +74,7 @@ def _info(transport):
         info["fastamqp_file"] = fa.__file__
         info["fastamqp_engine"] = fa.engine_name()
         info["connection_modules"] = sorted(
-            m for m in ("fastamqp._cengine", "fastamqp._pure.connection")
+            m for m in ("fastamqp.engine.c.connection", "fastamqp.engine.pure.connection")
             if m in sys.modules)
     return info
 

@@ -18,7 +18,7 @@ import time
 
 def measure(mode, count):
     from fastamqp import engine
-    from fastamqp.interface import ConnectionSettings, Host, Outcome
+    from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
     from fastamqp.intermediary import Intermediary
 
     with Intermediary(mode=mode) as im:

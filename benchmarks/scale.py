@@ -118,8 +118,8 @@ def servers_curve(url, steps):
 
 
 def _engine_connection(url, name):
-    from fastamqp._cengine import Connection
-    from fastamqp.interface import ConnectionSettings, Host
+    from fastamqp.engine.c.connection import Connection
+    from fastamqp.engine.interface import ConnectionSettings, Host
     port = int(url.rsplit(":", 1)[1].strip("/"))
     conn = Connection([Host("127.0.0.1", port)],
                       ConnectionSettings(container_id=f"scale-{name}-{os.getpid()}"))
@@ -132,7 +132,7 @@ def subscriptions_curve(url, steps):
     """The driver's own share of a server: subscriptions on 3 addresses each, on one
     engine connection, without oslo.messaging."""
     from fastamqp import codec
-    from fastamqp.interface import Outcome
+    from fastamqp.engine.interface import Outcome
     listener, client = _engine_connection(url, "subs"), _engine_connection(url, "send")
     subs, rows = [], []
     base = rss_kib()
@@ -175,8 +175,8 @@ def subscriptions_curve(url, steps):
 
 def calls_outstanding(url, count):
     from fastamqp import codec
-    from fastamqp._cengine import Connection
-    from fastamqp.interface import ConnectionSettings, Host, Outcome
+    from fastamqp.engine.c.connection import Connection
+    from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
     port = int(url.rsplit(":", 1)[1].strip("/"))
     conns = []
 

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """fastamqp's C fast path: the message codec, straight on Proton C.
 
-Twin of ``fastamqp._pure.codec`` (same functions, same bytes, same results, same
+Twin of ``fastamqp.engine.pure.codec`` (same functions, same bytes, same results, same
 exceptions); the pure module is the reference. Bodies go through the JSON libraries and
 fallbacks that ``fastamqp.serializers`` chose (orjson writes, msgspec reads, the stdlib
 takes what they do not): reading calls serializers.loads_json, writing calls orjson

@@ -6,8 +6,10 @@ import sys
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastamqp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("selfcheck", help="check every message kind through both "
-                           "codecs against the original driver's encoding, and time them")
+    # "selfcheck" was its name until 0.1: kept as an alias so that scripts go on working.
+    check = sub.add_parser("codec-check", aliases=["selfcheck"],
+                           help="check every message kind through both codecs against "
+                                "the original driver's encoding, and time them")
     check.add_argument("--number", type=int, default=2000,
                        help="messages per timing round (default 2000)")
     sub.add_parser("engine", help="print the active engine: 'c' or 'python'")
@@ -22,10 +24,10 @@ def main(argv=None):
                         "peer, addressing, SASL, TLS and a probe's round trip")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["check"]:
-        from fastamqp.check import main as check_main
+        from fastamqp.tools.check import main as check_main
         return check_main(argv[1:])
     if argv[:1] == ["demo"]:
-        from fastamqp.demo import main as demo_main
+        from fastamqp.tools.demo import main as demo_main
         return demo_main(argv[1:])
     if argv[:1] == ["intermediary"]:
         from fastamqp.intermediary.__main__ import main as intermediary_main
@@ -35,8 +37,8 @@ def main(argv=None):
         from fastamqp import engine_name
         print(engine_name())
         return 0
-    from fastamqp import selfcheck
-    return selfcheck.main(args.number)
+    from fastamqp.tools import codec_check
+    return codec_check.main(args.number)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """The oslo.messaging driver: ``transport_url = amqp://...`` (entry point ``amqp``).
 
 This layer speaks oslo.messaging on one side and the engine interface
-(fastamqp.interface) plus the codec on the other; it never touches Proton or pyngus.
+(fastamqp.engine.interface) plus the codec on the other; it never touches Proton or pyngus.
 It maps oslo's Target to addresses (fastamqp.addressing), chosen per connection from the
 peer's product, and engine errors to oslo exceptions (REFERENCE §3.7):
 
@@ -33,9 +33,10 @@ from fastamqp import codec
 from fastamqp import engine
 from fastamqp import exceptions
 from fastamqp import opts
-from fastamqp import policy
-from fastamqp import rabbitmq
-from fastamqp.interface import ConnectionSettings, Host, Outcome
+from fastamqp.engine import policy
+from fastamqp.addressing import rabbitmq
+from fastamqp.rabbitmq import declare
+from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
 
 LOG = logging.getLogger(__name__)
 
@@ -272,7 +273,7 @@ class ProtonDriver(base.BaseDriver):
         # connection, as (exchange, topic, pool): a link name may be used once per
         # connection, so a second listener of a group gets a connection of its own.
         self._group_links = set()
-        # RabbitMQ: what each engine connection declares (fastamqp.rabbitmq.Declarer).
+        # RabbitMQ: what each engine connection declares (fastamqp.rabbitmq.declare.Declarer).
         self._declarers = weakref.WeakKeyDictionary()
         self._queue_options = rabbitmq.QueueOptions(
             quorum=self.options.rabbit_quorum_queue,
@@ -298,8 +299,8 @@ class ProtonDriver(base.BaseDriver):
 
     def _new_connection(self):
         """A started engine connection for this transport's URL and options."""
-        declarer = rabbitmq.Declarer(self._addresser, self._queue_options,
-                                     rabbitmq.ReplySource(self._addressing))
+        declarer = declare.Declarer(self._addresser, self._queue_options,
+                                     declare.ReplySource(self._addressing))
         settings = self._connection_settings(declarer)
         declarer.settings = settings
         connection = engine.Connection(self._hosts, settings)
@@ -326,7 +327,7 @@ class ProtonDriver(base.BaseDriver):
             send_window=conf.send_window,
             # A named reply queue of this connection's own on RabbitMQ (no dynamic
             # sources on 3.x and 4.0); dynamic elsewhere. On RabbitMQ 4 the queues
-            # the links name are declared first (fastamqp.rabbitmq).
+            # the links name are declared first (fastamqp.addressing.rabbitmq).
             reply_source=declarer.reply_source if declarer else None,
             prepare=declarer.prepare if declarer else None,
             trace=conf.trace,
@@ -473,7 +474,7 @@ class ProtonDriver(base.BaseDriver):
         """Pause before a message the peer did not accept goes again, or raise
         (REFERENCE §3.6). A released (or plainly modified) message never reached a
         consumer, so sending it again cannot run anything twice: it goes again after
-        a short pause that grows (fastamqp.policy) for as long as its deadline and
+        a short pause that grows (fastamqp.engine.policy) for as long as its deadline and
         retry budget allow. A router releases requests while a route is down (a mesh
         neighbour restarting): the call then waits the flap out, as the original
         driver's did, instead of failing at the first release."""
@@ -538,7 +539,7 @@ class ProtonDriver(base.BaseDriver):
     # ---- listening ------------------------------------------------------------
     def listen(self, target, batch_size, batch_timeout):
         conn = self.connection()
-        plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.server_queues(
+        plan = declare.QueuePlan(lambda addresser, token: addresser.server_queues(
             target, token, addressing.SERVICE_RPC))
 
         def addresses(peer):
@@ -590,7 +591,7 @@ class ProtonDriver(base.BaseDriver):
                                         exchange=t.exchange)
                   for t, priority in targets_and_priorities]
         conn = self.connection()
-        plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+        plan = declare.QueuePlan(lambda addresser, token: addresser.notification_queues(
             topics, pool, pools))
         if not pools:
             def addresses(peer):
@@ -640,13 +641,13 @@ class ProtonDriver(base.BaseDriver):
         """RabbitMQ: the queue a notification to ``target`` (sent to ``address``) is
         kept in until a listener takes it -- with pools the group without a pool, on
         4.x the topic's queue -- declared once per connection
-        (fastamqp.rabbitmq.Declarer). A failure fails the send, naming the queue and
+        (fastamqp.rabbitmq.declare.Declarer). A failure fails the send, naming the queue and
         the cause."""
         declarer = self._declarers.get(conn)
         if declarer is None:
             return
         pools = self.options.notification_pools
-        plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+        plan = declare.QueuePlan(lambda addresser, token: addresser.notification_queues(
             [target], None, pools))
         try:
             declarer.ensure(conn.peer, plan, key=address)
@@ -655,7 +656,7 @@ class ProtonDriver(base.BaseDriver):
 
     def statistics(self):
         """What this transport's connection did with confirmed casts and
-        notifications and with fanouts (fastamqp.interface.Connection.statistics):
+        notifications and with fanouts (fastamqp.engine.interface.Connection.statistics):
         held (in flight now), window, waiting_for_room, settled, resent_released,
         resent_after_loss, possibly_duplicated, rejected, given_up, fanout_dropped.
         Empty before the first send."""

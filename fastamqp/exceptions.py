@@ -65,7 +65,7 @@ class EngineClosed(FastAmqpError):
 
 
 class DeclarationError(ConnectionFailed):
-    """RabbitMQ did not declare a queue or binding fastamqp needs (fastamqp.rabbitmq).
+    """RabbitMQ did not declare a queue or binding fastamqp needs (fastamqp.addressing.rabbitmq).
 
     ``refused`` is True when the broker said no (a missing permission, a queue that
     exists with other arguments, an unknown virtual host): trying again will not help

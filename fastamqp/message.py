@@ -1,6 +1,6 @@
 """What a decoded oslo.messaging AMQP message is, and the rules that classify it.
 
-Both codecs (C in ``_core``, pure Python in ``_pure.codec``) pull the same raw parts out
+Both codecs (C in ``_core``, pure Python in ``engine.pure.codec``) pull the same raw parts out
 of Proton -- properties, header ttl, the body section -- and hand them to :func:`build`,
 so the rules for what counts as a request, a reply or a call-monitor heartbeat, and the
 errors for what does not, are written once.

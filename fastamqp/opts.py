@@ -11,7 +11,7 @@ default differs: ``pre_settled`` lists only ``rpc-reply`` (the original also lis
 """
 from oslo_config import cfg
 
-from fastamqp import policy
+from fastamqp.engine import policy
 from fastamqp.exceptions import ConfigurationError
 
 GROUP = "oslo_messaging_amqp"
@@ -192,7 +192,7 @@ fastamqp_opts = [
                      "queues declared over AMQP 0-9-1 on the same port). Off: the "
                      "original driver's layout (one queue per topic, listeners "
                      "compete) and a pool is refused."),
-    # RabbitMQ 4.x: the queues fastamqp declares itself (fastamqp.rabbitmq), with the
+    # RabbitMQ 4.x: the queues fastamqp declares itself (fastamqp.addressing.rabbitmq), with the
     # rabbit driver's option meanings (docs/rabbitmq.md lists them side by side).
     cfg.BoolOpt("rabbit_quorum_queue", default=False,
                 help="RabbitMQ 4.x: declare the shared queues (RPC topics and servers, "

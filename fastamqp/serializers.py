@@ -95,7 +95,7 @@ MSGSPEC_LOADS = (None if msgspec is None or _json_stdlib_forced()
 
 
 def json_libraries():
-    """What encodes and decodes JSON bodies in this process, for selfcheck and docs."""
+    """What encodes and decodes JSON bodies in this process, for codec-check and docs."""
     dumps = f"orjson {orjson.__version__}" if ORJSON_DUMPS is not None else "stdlib json"
     loads = (f"msgspec {msgspec.__version__}" if MSGSPEC_LOADS is not None
              else "stdlib json")

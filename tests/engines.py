@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from fastamqp._pure import connection as pure_connection
+from fastamqp.engine.pure import connection as pure_connection
 from fastamqp.engine import c_connection
 
 ENGINE_TESTS_DONE = os.environ.get("FASTAMQP_ENGINE_TESTS_DONE") == "1"

@@ -1,7 +1,7 @@
 """The C engine's own checks: every C object it allocates is freed again.
 
 The engine behaviour itself is tested on both engines in test_connection.py and
-test_security.py; here the C objects are counted (fastamqp._io.live_objects) before
+test_security.py; here the C objects are counted (fastamqp.engine.c._io.live_objects) before
 and after a workload that goes through every path that owns memory: sends of each
 kind, calls answered, timed out and cancelled, deliveries settled, dropped unsettled
 and settled after their connection died, subscriptions closed while the peer
@@ -16,7 +16,7 @@ import pytest
 
 from fastamqp import exceptions
 from fastamqp.engine import c_connection, py_codec as codec
-from fastamqp.interface import ConnectionSettings, Host, Outcome
+from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary
 
 pytestmark = [pytest.mark.c_only,
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.c_only,
 
 
 def live():
-    from fastamqp import _io
+    from fastamqp.engine.c import _io
     return _io.live_objects()
 
 
@@ -128,7 +128,7 @@ def test_engine_garbage_collected_without_close():
 GC_SCRIPT = r'''
 import gc
 from fastamqp.engine import c_connection
-from fastamqp.interface import ConnectionSettings, Host
+from fastamqp.engine.interface import ConnectionSettings, Host
 from fastamqp.intermediary import Intermediary
 
 with Intermediary(mode="broker") as im:

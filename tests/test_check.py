@@ -3,7 +3,7 @@ with SASL PLAIN users and TLS listeners: what it prints on success, and the one-
 cause and exit status of each failure (refused port, bad password, untrusted
 certificate).
 
-The check runs in this process (``fastamqp.check.main``) on the active engine (the C
+The check runs in this process (``fastamqp.tools.check.main``) on the active engine (the C
 one when it is built) and again on the pure-Python engine, which the check reaches the
 way the driver does: through ``fastamqp.engine.Connection``.
 
@@ -22,7 +22,8 @@ import pytest
 
 from certs import have_openssl, make_pki
 from engines import ENGINES
-from fastamqp import check, cli, engine as engine_mod
+from fastamqp import cli, engine as engine_mod
+from fastamqp.tools import check
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
 
 PASSWORD = "Chk-6b1d-secret"

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from fastamqp import exceptions, policy
+from fastamqp import exceptions
+from fastamqp.engine import policy
 from fastamqp.engine import c_connection, py_codec as codec
 from fastamqp.intermediary import Intermediary
-from fastamqp.interface import Outcome
+from fastamqp.engine.interface import Outcome
 from test_connection import TIMEOUT, Opened, deadline, engine, request  # noqa: F401
 
 ANYCAST = "openstack.org/om/rpc/anycast/openstack/confirmed"
@@ -269,8 +270,8 @@ def test_reconnection_after_a_loss_is_prompt(connect, down):
 
 @pytest.mark.skipif(c_connection is None, reason="the C engine is not built here")
 def test_the_engines_share_their_policies():
-    # fa_io.h and fastamqp.policy each state the I/O-thread policies; they must agree.
-    from fastamqp import _io
+    # fa_io.h and fastamqp.engine.policy each state the I/O-thread policies; they must agree.
+    from fastamqp.engine.c import _io
     assert _io.POLICY == {"RELEASED_PAUSE_FIRST": policy.RELEASED_PAUSE_FIRST,
                           "RELEASED_PAUSE_MAX": policy.RELEASED_PAUSE_MAX,
                           "FANOUT_CREDIT_WAIT": policy.FANOUT_CREDIT_WAIT,

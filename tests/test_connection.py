@@ -1,7 +1,7 @@
 """The connection engine against the embedded intermediary, on real wire traffic.
 
 Parametrized over the engines: today the pure-Python reference on pyngus
-(fastamqp._pure.connection); the C engine joins the list when it exists and must pass
+(fastamqp.engine.pure.connection); the C engine joins the list when it exists and must pass
 every test here unchanged.
 """
 import threading
@@ -10,10 +10,10 @@ import time
 import pytest
 
 from fastamqp import exceptions
-from fastamqp._pure import connection as pure_connection
+from fastamqp.engine.pure import connection as pure_connection
 from engines import ENGINES
 from fastamqp.engine import py_codec as codec
-from fastamqp.interface import ConnectionSettings, Host, Outcome, Source
+from fastamqp.engine.interface import ConnectionSettings, Host, Outcome, Source
 from fastamqp.intermediary import Intermediary
 
 TIMEOUT = 10
@@ -350,10 +350,10 @@ def test_many_calls_outstanding(connect, broker):
 
 
 def test_engine_satisfies_the_interface(engine):
-    """Every method of fastamqp.interface.Connection, with the same parameters."""
+    """Every method of fastamqp.engine.interface.Connection, with the same parameters."""
     import inspect
 
-    from fastamqp import interface
+    from fastamqp.engine import interface
     for name, member in vars(interface.Connection).items():
         if name.startswith("_"):
             continue

@@ -171,8 +171,8 @@ def test_malformed_message_is_rejected_and_the_server_keeps_serving(transports):
         try:
             time.sleep(0.3)
             # A poison message straight onto the server's queue (legacy addressing).
-            from fastamqp._pure.connection import Connection
-            from fastamqp.interface import ConnectionSettings, Host
+            from fastamqp.engine.pure.connection import Connection
+            from fastamqp.engine.interface import ConnectionSettings, Host
             raw = Connection([Host("127.0.0.1", broker.port)],
                              ConnectionSettings(container_id="poison"))
             raw.start()

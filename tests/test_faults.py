@@ -718,7 +718,7 @@ def test_a_reply_sent_while_the_connection_is_down_does_not_crash(engine, reques
     import os
     import subprocess
     import sys
-    engine_id = "c" if engine.__module__ == "fastamqp._cengine" else "python"
+    engine_id = "c" if engine.__module__ == "fastamqp.engine.c.connection" else "python"
     here = os.path.dirname(os.path.abspath(__file__))
     # The tests directory only: the fastamqp under test is the one this run imports.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(

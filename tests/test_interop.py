@@ -36,7 +36,7 @@ import pytest
 from oslo_config import cfg
 
 from fastamqp import engine
-from fastamqp.interface import ConnectionSettings, Host, Outcome
+from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,4 +1,4 @@
-"""RabbitMQ over AMQP 1.0: the addresses (fastamqp.rabbitmq), and oslo.messaging's
+"""RabbitMQ over AMQP 1.0: the addresses (fastamqp.addressing.rabbitmq), and oslo.messaging's
 public API end to end through a real RabbitMQ 3.x node with the rabbitmq_amqp1_0 plugin.
 
 One private node serves the whole session (tests/rabbit.py; about 4 s to start). It
@@ -7,7 +7,7 @@ tests can see reply and fanout queues go away after their clients. Every test us
 topics of its own: queues outlive tests on a shared node.
 
 The behavioural tests run on each connection engine that imports: the pure-Python one
-(``[python]``) and the C one (``[c]``, fastamqp._cengine).
+(``[python]``) and the C one (``[c]``, fastamqp.engine.c.connection).
 
 oslo.messaging 18.3's tracing options live on the global cfg.CONF (a private
 ConfigOpts fails on send), so the tests use cfg.CONF and reset it afterwards.
@@ -24,9 +24,11 @@ import pytest
 from oslo_config import cfg
 
 from engines import ENGINE_TESTS_DONE
-from fastamqp import addressing, engine, exceptions, rabbitmq
+from fastamqp import addressing, engine, exceptions
+from fastamqp.addressing import rabbitmq
+from fastamqp.rabbitmq import declare
 from fastamqp.addressing import AddressingConfig, choose_addresser
-from fastamqp.interface import Host, PeerInfo
+from fastamqp.engine.interface import Host, PeerInfo
 from oslo_env import transport_factory
 
 import certs
@@ -168,19 +170,19 @@ def test_queue_options_follow_the_rabbit_driver_options():
 
 
 def test_queue_plan_names_a_connection_s_own_queues_per_peer():
-    plan = rabbitmq.QueuePlan(lambda addresser, token: [token])
+    plan = declare.QueuePlan(lambda addresser, token: [token])
     first, second = peer(RABBIT4), peer(RABBIT4)
     assert plan.specs(first, None) == plan.specs(first, None)     # stable per peer
     assert plan.specs(second, None) != plan.specs(first, None)    # new per connection
 
 
 def test_reply_source():
-    source = rabbitmq.ReplySource(CONFIG)
+    source = declare.ReplySource(CONFIG)
     address = source(peer(RABBIT3))
     assert address.startswith("/queue/" + rabbitmq.REPLY_QUEUE_PREFIX)
     assert len(address) > len("/queue/" + rabbitmq.REPLY_QUEUE_PREFIX) + 30
     assert source(peer(RABBIT3)) == address             # the same queue after a reconnect
-    assert rabbitmq.ReplySource(CONFIG)(peer(RABBIT3)) != address   # one per connection
+    assert declare.ReplySource(CONFIG)(peer(RABBIT3)) != address   # one per connection
     assert source(peer({"product": "qpid-dispatch-router"})) is None   # dynamic source
     assert source(peer({})) is None
     # 4.x: a declared queue, a new one per connection, replied to through amq.direct.
@@ -194,10 +196,10 @@ def test_reply_source():
     assert choose_addresser(CONFIG, RABBIT4).reply_to(reply) == (
         "/exchanges/amq.direct/" + reply[len("/queues/"):])
     assert source.specs(peer(RABBIT3)) == []
-    forced = rabbitmq.ReplySource(AddressingConfig(mode="rabbitmq"))
+    forced = declare.ReplySource(AddressingConfig(mode="rabbitmq"))
     assert forced(peer({})).startswith("/queue/fastamqp-reply.")
     # Even with another explicit mode a RabbitMQ 3.x peer cannot give a dynamic source.
-    assert rabbitmq.ReplySource(AddressingConfig(mode="legacy"))(peer(RABBIT3))
+    assert declare.ReplySource(AddressingConfig(mode="legacy"))(peer(RABBIT3))
     assert re.match(rabbitmq.TRANSIENT_QUEUE_PATTERN, address[len("/queue/"):])
     assert re.match(rabbitmq.TRANSIENT_QUEUE_PATTERN, "amq.gen-Du5KMO2jGlPxQbGAzosRow")
     assert not re.match(rabbitmq.TRANSIENT_QUEUE_PATTERN,
@@ -251,11 +253,11 @@ def engine_impl(request, monkeypatch):
         connection = getattr(engine, "c_connection", None)
         if connection is None:
             try:
-                from fastamqp._cengine import Connection as connection
+                from fastamqp.engine.c.connection import Connection as connection
             except ImportError as exc:
-                pytest.skip(f"the C engine (fastamqp._cengine) does not import: {exc}")
+                pytest.skip(f"the C engine (fastamqp.engine.c.connection) does not import: {exc}")
     else:
-        from fastamqp._pure.connection import Connection as connection
+        from fastamqp.engine.pure.connection import Connection as connection
     monkeypatch.setattr(engine, "Connection", connection)
     return request.param
 
@@ -354,8 +356,8 @@ def names(topic, server=None):
 def test_node_starts_quickly_and_speaks_amqp_1_0(rabbit_node):
     # Keeps the tier's CI time small; the node is shared by the whole session.
     assert rabbit_node.startup_seconds < 30
-    from fastamqp._pure.connection import Connection
-    from fastamqp.interface import ConnectionSettings
+    from fastamqp.engine.pure.connection import Connection
+    from fastamqp.engine.interface import ConnectionSettings
     conn = Connection([Host("127.0.0.1", rabbit_node.port, "guest", "guest")],
                       ConnectionSettings(container_id=f"probe-{uuid.uuid4().hex}",
                                          sasl_mechanisms="PLAIN"))
@@ -686,7 +688,7 @@ def test_pool_declaration_failure_names_the_cause(rabbit_node, engine_impl, tran
     peer = driver.connection().peer
     bad = dataclasses.replace(peer, host=dataclasses.replace(peer.host, port=1))
     declarer = driver._declarers[driver.connection()]
-    plan = rabbitmq.QueuePlan(lambda addresser, token: addresser.notification_queues(
+    plan = declare.QueuePlan(lambda addresser, token: addresser.notification_queues(
         [T(topic=f"{topic}.info")], None, pools=True))
     with pytest.raises(exceptions.DeclarationError, match="AMQP 0-9-1 failed") as info:
         declarer.ensure(bad, plan)
@@ -698,12 +700,12 @@ def test_pool_declarations_run_on_no_engine_thread(rabbit_node, engine_impl, tra
     # A blocking AMQP 0-9-1 connection must never run on an engine's I/O or event
     # thread: neither the listener's (every connection) nor the notifier's.
     threads = []
-    declare = rabbitmq.declare_groups
+    original = declare.declare_groups
 
     def recording(*args, **kwargs):
         threads.append(threading.current_thread().name)
-        return declare(*args, **kwargs)
-    monkeypatch.setattr(rabbitmq, "declare_groups", recording)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(declare, "declare_groups", recording)
     url = pools_url(rabbit_node)
     events = NotificationEndpoint()
     listener = listener_for(transports(url, notification=True), topic, events, "billing")

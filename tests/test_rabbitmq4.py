@@ -1,7 +1,7 @@
 """RabbitMQ 4 over native AMQP 1.0: oslo.messaging's public API end to end through
 real RabbitMQ 4.0.5 nodes (Debian 13's package, run from a chroot: tests/rabbit.py,
 scripts/rabbitmq4-chroot), with the queues fastamqp declares itself through the
-broker's management node (fastamqp.rabbitmq).
+broker's management node (fastamqp.addressing.rabbitmq).
 
 One node serves most of the session, with the v1 addresses denied
 (``deprecated_features.permit.amqp_address_v1 = false``): fastamqp must not need them.
@@ -23,7 +23,7 @@ import uuid
 import oslo_messaging
 import pytest
 
-from fastamqp import rabbitmq
+from fastamqp.addressing import rabbitmq
 from fastamqp.addressing import AddressingConfig, choose_addresser
 
 import rabbit
@@ -84,8 +84,8 @@ def reply_queues(node):
 
 def test_node_is_rabbitmq_4_with_v1_addresses_denied(rabbit4):
     from proton.utils import BlockingConnection
-    from fastamqp._pure.connection import Connection
-    from fastamqp.interface import ConnectionSettings, Host
+    from fastamqp.engine.pure.connection import Connection
+    from fastamqp.engine.interface import ConnectionSettings, Host
     assert rabbit4.startup_seconds < 30
     conn = Connection([Host("127.0.0.1", rabbit4.port, "guest", "guest")],
                       ConnectionSettings(container_id=f"probe-{uuid.uuid4().hex}"))
@@ -323,7 +323,7 @@ def test_a_missing_permission_is_named(rabbit4, engine_impl, transports, topic,
 
 def test_fastamqp_check(rabbit4, engine_impl):
     import io
-    from fastamqp import check
+    from fastamqp.tools import check
     out, err = io.StringIO(), io.StringIO()
     code = check.main([rabbit4.url(), "--timeout", "10"], out=out, err=err)
     text = out.getvalue()
@@ -336,7 +336,7 @@ def test_fastamqp_check(rabbit4, engine_impl):
 
 def test_fastamqp_check_names_a_refused_declaration(rabbit4, engine_impl, limited_user):
     import io
-    from fastamqp import check
+    from fastamqp.tools import check
     out, err = io.StringIO(), io.StringIO()
     code = check.main([rabbit4.url(user=limited_user, password="secret"),
                        "--timeout", "10"], out=out, err=err)

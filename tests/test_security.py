@@ -16,10 +16,10 @@ import pytest
 
 from certs import have_openssl, make_pki
 from fastamqp import exceptions
-from fastamqp._pure import connection as pure_connection
+from fastamqp.engine.pure import connection as pure_connection
 from engines import ENGINES
 from fastamqp.engine import py_codec as codec
-from fastamqp.interface import ConnectionSettings, Host, Outcome
+from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
 
 pytestmark = pytest.mark.skipif(

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The Python face of "fastamqp relay" (csrc/fa_relay.c), the intermediary's C data path.
+"""The Python face of "fastamqp relay" (intermediary/fa_relay.c), the intermediary's C data path.
 
 Thin on purpose: a RelayCore owns one fa_relay and frees it in ``__dealloc__``. The
 relay's thread is pure C; nothing here runs on it, and stop() joins it without the GIL.

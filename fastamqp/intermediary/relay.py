@@ -1,7 +1,7 @@
 """``Relay``: the embedded intermediary's C data path ("fastamqp relay").
 
 Same routing behaviour as ``Intermediary`` (routing.RouterCore / BrokerCore) for the
-data path, in C on its own native thread (fastamqp/csrc/fa_relay.c), at a fraction of
+data path, in C on its own native thread (fastamqp/intermediary/fa_relay.c), at a fraction of
 the CPU per message. What it does not do: fault hooks, SASL other than ANONYMOUS, TLS,
 several listeners (docs/relay.md). Use ``Intermediary`` for those. Its address table is
 routing.py's, built here and handed to the C side at start: the same ``addresses``,

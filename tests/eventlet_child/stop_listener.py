@@ -12,7 +12,7 @@ import oslo_messaging  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 
 from fastamqp import engine  # noqa: E402
-from fastamqp.interface import ConnectionSettings, Host  # noqa: E402
+from fastamqp.engine.interface import ConnectionSettings, Host  # noqa: E402
 
 
 def main(port):

@@ -1,7 +1,7 @@
 """Policies both connection engines apply on their I/O threads, as data.
 
-The C engine has them as constants in csrc/fa_io.h (re-exported as
-``fastamqp._io.POLICY``); the pure-Python engine reads them here. A test checks that
+The C engine has them as constants in engine/c/fa_io.h (re-exported as
+``fastamqp.engine.c._io.POLICY``); the pure-Python engine reads them here. A test checks that
 the two agree, so a change to one that forgets the other fails the suite.
 """
 

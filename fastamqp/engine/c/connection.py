@@ -1,5 +1,5 @@
-"""The C connection engine: fastamqp.interface.Connection on the native I/O thread of
-fastamqp._io (csrc/fa_io.c).
+"""The C connection engine: fastamqp.engine.interface.Connection on the native I/O thread of
+fastamqp.engine.c._io (engine/c/fa_io.c).
 
 Data plane in C, control plane in Python. Frames, credit, settlement, the deadline of
 every send and the reply correlation all run on the I/O thread without the GIL. What
@@ -25,10 +25,11 @@ import sys
 import threading
 import time
 
-from fastamqp import _io, exceptions
-from fastamqp._control import (SASL_NONE, SASL_OK, SEND_LOG, ControlPlane, is_tls_failure,
+from fastamqp import exceptions
+from fastamqp.engine.c import _io
+from fastamqp.engine.control import (SASL_NONE, SASL_OK, SEND_LOG, ControlPlane, is_tls_failure,
                                window_full_text)
-from fastamqp.interface import Delivery, Outcome, PeerInfo, SendResult, Source, TLSInfo
+from fastamqp.engine.interface import Delivery, Outcome, PeerInfo, SendResult, Source, TLSInfo
 
 LOG = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class _Subscription:
 
 
 class Connection(ControlPlane):
-    """See fastamqp.interface.Connection."""
+    """See fastamqp.engine.interface.Connection."""
 
     def __init__(self, hosts, settings):
         super().__init__(hosts, settings)

@@ -1,4 +1,4 @@
-"""``fastamqp selfcheck``: every message kind through both codecs, checked against the
+"""``fastamqp codec-check``: every message kind through both codecs, checked against the
 original driver's encoding, and the codecs' speed side by side.
 
 "The original way" below is what oslo.messaging 14.9.3's impl_amqp1 did per message
@@ -163,14 +163,14 @@ def _speed(out, number):
 
 
 def main(argv_number=2000, out=print):
-    out(f"fastamqp selfcheck: engine {engine.engine_name()!r}"
+    out(f"fastamqp codec-check: engine {engine.engine_name()!r}"
         + ("" if engine.c_codec is not None else
            f" (C extension unavailable: {engine.c_import_error or 'FASTAMQP_PUREPYTHON=1'})"))
     out(f"JSON bodies: {serializers.json_libraries()}")
     out("message kinds (C and pure-Python codec, against the original driver's encoding):")
     failures = _check_kinds(out)
     _speed(out, argv_number)
-    out("selfcheck: " + ("all checks passed" if not failures else f"{failures} FAILED"))
+    out("codec-check: " + ("all checks passed" if not failures else f"{failures} FAILED"))
     return 1 if failures else 0
 
 

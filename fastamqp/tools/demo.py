@@ -142,7 +142,7 @@ def _intermediaries():
     from fastamqp.intermediary import relay
     if relay.available():
         return (relay.Relay(mode="router"), relay.Relay(mode="broker"),
-                "the C relay (fastamqp/csrc/fa_relay.c, docs/relay.md)")
+                "the C relay (fastamqp/intermediary/fa_relay.c, docs/relay.md)")
     return (Intermediary(mode="router"), Intermediary(mode="broker"),
             "the pure-Python intermediary (no C relay in this installation)")
 
@@ -152,7 +152,7 @@ def _child(engine_name, args, router, broker):
     env.pop("FASTAMQP_PUREPYTHON", None)
     if engine_name == "python":
         env["FASTAMQP_PUREPYTHON"] = "1"
-    command = [sys.executable, "-m", "fastamqp.demo", "--child", "--calls",
+    command = [sys.executable, "-m", "fastamqp.tools.demo", "--child", "--calls",
                str(args.calls), "--casts", str(args.casts), "--notifications",
                str(args.notifications), "--router-url", router.url,
                "--broker-url", broker.url]

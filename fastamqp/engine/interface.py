@@ -1,7 +1,7 @@
 """The engine interface: what the driver asks of a connection engine.
 
 Both engines -- the C one (``_core``, native I/O thread) and the pure-Python reference
-(``_pure.connection``, on pyngus) -- implement :class:`Connection`. The driver speaks
+(``engine.pure.connection``, on pyngus) -- implement :class:`Connection`. The driver speaks
 only this interface and AMQP message bytes from ``fastamqp.codec``; it never sees a
 Proton or pyngus object. All methods are safe to call from any thread.
 
@@ -13,7 +13,7 @@ import dataclasses
 import enum
 from typing import Callable, Optional, Protocol, Sequence
 
-from fastamqp import policy
+from fastamqp.engine import policy
 
 
 class Outcome(str, enum.Enum):
@@ -225,7 +225,7 @@ class Connection(Protocol):
         send returns ACCEPTED once the engine has taken the message -- on the wire, or
         on a link with credit for it, and within the connection's send window -- and
         the engine keeps it until the peer settles it: released, or modified without
-        undeliverable-here, it goes again after a short, growing pause (fastamqp.policy) while its
+        undeliverable-here, it goes again after a short, growing pause (fastamqp.engine.policy) while its
         deadline and ``retry`` allow; rejected, it is logged and counted; in doubt at
         a connection loss, it goes again on the next connection before newer sends
         (at least once). Until taken, the rules are those of any send: no credit by
@@ -234,7 +234,7 @@ class Connection(Protocol):
 
         ``fanout=True``: the address is a multicast one; a fanout waiting for credit
         on a link that has never had any (a router with nobody subscribed) is dropped
-        and counted after fastamqp.policy.FANOUT_CREDIT_WAIT, and the send returns
+        and counted after fastamqp.engine.policy.FANOUT_CREDIT_WAIT, and the send returns
         ACCEPTED."""
 
     def reply_address(self, deadline: float) -> str: ...

@@ -1,7 +1,7 @@
 """What both connection engines decide the same way: connection status, refusals and
 the errors callers see, and the SASL and TLS settings made for each host.
 
-The pure-Python engine (``_pure.connection``) and the C engine (``_cengine``) differ in
+The pure-Python engine (``pure.connection``) and the C engine (``c.connection``) differ in
 how they move frames; everything here is about *who* we connect to and *why* a host
 would not have us, so it lives once:
 

@@ -1,10 +1,10 @@
-"""Smoke test of benchmarks/engine_bench.py: a tiny run through both intermediary modes
+"""Smoke test of benchmarks/engine_floor.py: a tiny run through both intermediary modes
 must finish, cover every available engine, and report no lost or duplicated message.
 
 Not a timing test: it asserts nothing about speed and does not use the ``benchmark``
 fixture, so ``--benchmark-only`` skips it and ``--benchmark-skip`` runs it.
 
-    .venv/bin/pytest benchmarks/test_engine_bench.py
+    .venv/bin/pytest benchmarks/test_engine_floor.py
 """
 import json
 import os
@@ -14,10 +14,10 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPT = os.path.join(HERE, "engine_bench.py")
+SCRIPT = os.path.join(HERE, "engine_floor.py")
 
 
-def test_engine_bench_smoke(tmp_path):
+def test_engine_floor_smoke(tmp_path):
     pytest.importorskip("proton")
     out = tmp_path / "engine_bench.json"
     env = dict(os.environ)
@@ -53,7 +53,7 @@ def test_engine_bench_smoke(tmp_path):
         assert row["ok"] and row["calls"] > 0, row
 
 
-def test_engine_bench_fails_loudly_on_loss_and_duplicates(tmp_path):
+def test_engine_floor_fails_loudly_on_loss_and_duplicates(tmp_path):
     """The hook makes the sender send message 3 twice and message 7 never."""
     out = tmp_path / "engine_bench.json"
     env = dict(os.environ, FASTAMQP_BENCH_INJECT="lose:7,dup:3")

@@ -1,9 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The Python face of the C connection engine (csrc/fa_io.c).
+"""The Python face of the C connection engine (engine/c/fa_io.c).
 
 Thin on purpose: each object here owns one reference to a C object and releases it in
 ``__dealloc__``; waits drop the GIL. The connection logic that needs Python (addresses
-computed from the peer, errors, eventlet) is in fastamqp/_cengine.py.
+computed from the peer, errors, eventlet) is in fastamqp/engine/c/connection.py.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -143,7 +143,7 @@ cdef extern from "fa_io.h" nogil:
     void fa_rec_free(fa_rec *rec)
 
 
-# Re-exported for fastamqp/_cengine.py.
+# Re-exported for fastamqp/engine/c/connection.py.
 PENDING, DONE, FAILED = FA_PENDING, FA_DONE, FA_FAILED
 EV_OPENED, EV_ACTIVE, EV_REPLY_READY, EV_LOST = (FA_EV_OPENED, FA_EV_ACTIVE,
                                                  FA_EV_REPLY_READY, FA_EV_LOST)
@@ -153,7 +153,7 @@ ERR_TIMEOUT, ERR_NO_CREDIT, ERR_SEND_FAILURE = (FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT
                                                 FA_ERR_SEND_FAILURE)
 ERR_CLOSED, ERR_LOST, ERR_WINDOW = FA_ERR_CLOSED, FA_ERR_LOST, FA_ERR_WINDOW
 SEND_CONFIRM, SEND_FANOUT = FA_SEND_CONFIRM, FA_SEND_FANOUT
-# The I/O thread's policies (fa_io.h), for the test that checks fastamqp.policy.
+# The I/O thread's policies (fa_io.h), for the test that checks fastamqp.engine.policy.
 POLICY = {"RELEASED_PAUSE_FIRST": FA_RELEASED_PAUSE_FIRST,
           "RELEASED_PAUSE_MAX": FA_RELEASED_PAUSE_MAX,
           "FANOUT_CREDIT_WAIT": FA_FANOUT_CREDIT_WAIT,

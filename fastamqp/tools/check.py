@@ -172,7 +172,7 @@ def _where(host):
 def _peer_certificate(host, settings, timeout):
     """The server certificate, from a separate handshake with Python's ssl and the
     same CA file and expected name as the engine (the engine does not report it)."""
-    from fastamqp import _control
+    from fastamqp.engine import control as _control
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False        # checked below like Proton does (DNS SANs, CN)
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -235,7 +235,7 @@ def _probe(conn, serializer, timeout, reply_to=lambda address: address):
     """Send one message to the connection's own reply address (as a server would
     reply: to the requests' reply-to) and time it back."""
     from fastamqp import codec, exceptions
-    from fastamqp.interface import Outcome
+    from fastamqp.engine.interface import Outcome
 
     deadline = time.monotonic() + timeout
     try:
@@ -300,10 +300,10 @@ def run(args, out=sys.stdout):
         conn = drv.connection()     # the driver's own settings and engine
     except exceptions.FastAmqpError as exc:
         raise CheckFailed(EXIT_CONFIG, "the engine refuses these settings", str(exc))
-    kind = {"fastamqp._cengine": "c", "fastamqp._pure.connection": "python"}.get(
+    kind = {"fastamqp.engine.c.connection": "c", "fastamqp.engine.pure.connection": "python"}.get(
         type(conn).__module__, type(conn).__module__)
-    line("engine", f"{kind} (codec: {engine.engine_name()})" if kind != engine.engine_name()
-         else kind)
+    codec = engine.codec.IMPLEMENTATION
+    line("engine", f"{kind} (codec: {codec})" if kind != codec else kind)
     settings = conn._settings
     declarer = drv._declarers.get(conn)
 

@@ -79,7 +79,7 @@ enum { FA_ERR_NONE = 0, FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT, FA_ERR_SEND_FAILURE,
  * link that has never had any is dropped and counted after FA_FANOUT_CREDIT_WAIT. */
 enum { FA_SEND_CONFIRM = 1, FA_SEND_FANOUT = 2 };
 
-/* Policies shared with the pure-Python engine (fastamqp/policy.py; a test checks
+/* Policies shared with the pure-Python engine (fastamqp/engine/policy.py; a test checks
  * that the two agree). A released message never reached a consumer, so it goes again
  * after FIRST, then twice the last pause, at most MAX (and at most link_retry_delay
  * when that is longer than FIRST), for as long as its deadline allows. */
@@ -193,7 +193,7 @@ fa_sub *fa_sub_new(fa_io *io, int credit);
  * (US: FA_SOURCE_SEP; capabilities space separated). A shared subscription's
  * receiver link carries that name and those source capabilities and asks that its
  * source never expire: qpidd keeps one subscription queue per link name for every
- * link with the "shared" capability (see fastamqp.interface.Source). */
+ * link with the "shared" capability (see fastamqp.engine.interface.Source). */
 #define FA_SOURCE_SEP '\x1f'
 int fa_sub_set_addresses(fa_io *io, fa_sub *sub, const char *const *addresses, int n);
 int fa_io_subscribe(fa_io *io, fa_sub *sub);

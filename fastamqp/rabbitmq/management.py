@@ -29,7 +29,7 @@ from proton.reactor import LinkOption
 from proton.utils import BlockingConnection
 
 from fastamqp import exceptions
-from fastamqp._control import ca_file, sasl_props
+from fastamqp.engine.control import ca_file, sasl_props
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ DEFAULT_TIMEOUT = 10.0
 REFUSED = {400, 403, 404, 405, 409}
 
 
-# fastamqp._control.sasl_props keys -> python-qpid-proton connect() arguments.
+# fastamqp.engine.control.sasl_props keys -> python-qpid-proton connect() arguments.
 _SASL_KWARGS = {"x-username": "user", "x-password": "password",
                 "x-sasl-mechs": "allowed_mechs", "x-sasl-config-dir": "sasl_config_path",
                 "x-sasl-config-name": "sasl_config_name"}
@@ -84,7 +84,7 @@ def _ssl_domain(settings, peer_name):
 class Management:
     """One connection to a RabbitMQ 4 node's management node (a context manager).
 
-    ``host`` is a fastamqp.interface.Host, ``settings`` the engine's
+    ``host`` is a fastamqp.engine.interface.Host, ``settings`` the engine's
     ConnectionSettings (SASL, TLS, virtual host). Errors are
     exceptions.DeclarationError naming the node, the resource and the cause.
     """
@@ -105,7 +105,7 @@ class Management:
         if ":" in hostname and not hostname.startswith("["):
             hostname = f"[{hostname}]"
         scheme = "amqps" if settings.tls else "amqp"
-        # The engine's SASL choices (fastamqp._control), in the blocking API's terms.
+        # The engine's SASL choices (fastamqp.engine.control), in the blocking API's terms.
         kwargs = {"sasl_enabled": True}
         kwargs.update((_SASL_KWARGS[k], v) for k, v in sasl_props(settings, host).items()
                       if k in _SASL_KWARGS)

@@ -2,7 +2,7 @@
 """Engine-level benchmark: fastamqp's connection engines next to raw Proton C.
 
     scripts/setup-bench                       # builds build/bench/{send,receive}
-    .venv/bin/python benchmarks/engine_bench.py [--count N] [--calls N] [--json out.json]
+    .venv/bin/python benchmarks/engine_floor.py [--count N] [--calls N] [--json out.json]
 
 Everything goes through fastamqp's embedded intermediary (``python -m
 fastamqp.intermediary``), started in its own process so that it does not share a GIL
@@ -26,8 +26,8 @@ engine fails its row, not the run), and imports the same fastamqp as this script
 * The ratio of each engine's one-way throughput to raw Proton C's (same mode), and the
   CPU each process spent per message: the intermediary near one core busy is the bound.
 
-Engines: ``python`` is ``fastamqp._pure.connection.Connection``; ``c`` is
-``fastamqp._cengine.Connection`` and is included whenever it imports.
+Engines: ``python`` is ``fastamqp.engine.pure.connection.Connection``; ``c`` is
+``fastamqp.engine.c.connection.Connection`` and is included whenever it imports.
 
 Every receiver counts message ids (sequence numbers for raw Proton C), every caller
 checks the correlation of its reply and the server counts request ids: a lost or
@@ -58,8 +58,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import peers  # noqa: E402
 BENCH_BIN = os.path.join(ROOT, "build", "bench")
-ENGINES = {"python": ("fastamqp._pure.connection", "Connection"),
-           "c": ("fastamqp._cengine", "Connection")}
+ENGINES = {"python": ("fastamqp.engine.pure.connection", "Connection"),
+           "c": ("fastamqp.engine.c.connection", "Connection")}
 ONEWAY_ADDRESS = {"broker": "unicast.bench.oneway", "router":
                   "openstack.org/om/rpc/anycast/bench/oneway"}
 RPC_ADDRESS = {"broker": "unicast.bench.rpc", "router":
@@ -124,7 +124,7 @@ def _emit(**kw):
 
 def _connect(engine, host, port, name):
     import importlib
-    from fastamqp.interface import ConnectionSettings, Host
+    from fastamqp.engine.interface import ConnectionSettings, Host
     module, attr = ENGINES[engine]
     cls = getattr(importlib.import_module(module), attr)
     conn = cls([Host(host, port)],
@@ -157,7 +157,7 @@ def _payload_factory(address, size):
     """encode_request(address, ~1 KiB request, context, message_id=...) padded so that
     the encoded message is ``size`` bytes, about (ids of up to 8 characters)."""
     from fastamqp import codec
-    from fastamqp.selfcheck import sample_context, sample_request
+    from fastamqp.tools.codec_check import sample_context, sample_request
     ctx = sample_context()
     req = sample_request(size)
     probe = len(codec.encode_request(address, req, ctx, message_id="00000000"))
@@ -171,7 +171,7 @@ def _payload_factory(address, size):
 
 def worker_recv(a):
     from fastamqp import codec
-    from fastamqp.interface import Outcome
+    from fastamqp.engine.interface import Outcome
     stop = _stdin_watcher()
     conn = _connect(a.engine, a.host, a.port, "recv")
     sub = conn.subscribe([a.address], a.credit)
@@ -229,7 +229,7 @@ def worker_recv(a):
 
 
 def worker_send(a):
-    from fastamqp.interface import Outcome
+    from fastamqp.engine.interface import Outcome
     conn = _connect(a.engine, a.host, a.port, "send")
     make = _payload_factory(a.address, a.size)
     payloads = [make(str(i)) for i in range(a.count)]
@@ -292,7 +292,7 @@ def worker_send(a):
 
 def worker_rpc_server(a):
     from fastamqp import codec
-    from fastamqp.interface import Outcome
+    from fastamqp.engine.interface import Outcome
     stop = _stdin_watcher()
     conn = _connect(a.engine, a.host, a.port, "server")
     sub = conn.subscribe([a.address], a.credit)
@@ -338,7 +338,7 @@ def worker_rpc_server(a):
 
 def worker_rpc_client(a):
     from fastamqp import codec
-    from fastamqp.interface import Outcome
+    from fastamqp.engine.interface import Outcome
     conn = _connect(a.engine, a.host, a.port, "client")
     reply_to = conn.reply_address(time.monotonic() + 10)
     make = _payload_factory(a.address, a.size)

@@ -1,6 +1,6 @@
 /* The C connection engine; see fa_io.h for the threading and ownership rules.
  *
- * Behaviour mirrors the pure-Python reference (fastamqp/_pure/connection.py) test for
+ * Behaviour mirrors the pure-Python reference (fastamqp/engine/pure/connection.py) test for
  * test (tests/test_connection.py, test_confirmed.py, test_faults.py run on both):
  * failover round robin, an attempt at once after a loss, then the back-off; pre-settled
  * sends complete once queued on a link with credit for them (cview) or once their
@@ -9,7 +9,7 @@
  * allows; subscriptions and the reply link are attached again on every connection;
  * links detached by the peer come back after link_retry_delay; replies are
  * correlated here, on the I/O thread. The policies both engines share are constants
- * in fa_io.h and fastamqp/policy.py.
+ * in fa_io.h and fastamqp/engine/policy.py.
  */
 #define _GNU_SOURCE
 #include "fa_io.h"

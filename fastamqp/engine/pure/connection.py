@@ -15,7 +15,7 @@ What it does, and why:
   callers cannot tell apart); a
   confirmed send (``confirm=True``) completes once it is on the wire and within the
   send window, and the engine keeps it until the peer settles it
-  (fastamqp.interface.Connection.send); both complete as soon as they are queued when
+  (fastamqp.engine.interface.Connection.send); both complete as soon as they are queued when
   their link has credit for them (and a confirmed one room in the window), as in the
   C engine (docs/engine.md);
 * sends whose outcome was unknown when the connection dropped are sent again on the
@@ -23,7 +23,7 @@ What it does, and why:
 * casts and notifications do not wait for the reply link (§3.9 #6);
 * subscriptions and the reply link are re-attached after every reconnection;
 * SASL (ANONYMOUS, PLAIN, EXTERNAL; Cyrus options) and TLS per host, and the errors
-  of refusals, are decided in fastamqp._control, shared with the C engine.
+  of refusals, are decided in fastamqp.engine.control, shared with the C engine.
 """
 import collections
 import heapq
@@ -38,9 +38,10 @@ import time
 import proton
 import pyngus
 
-from fastamqp import exceptions, policy
-from fastamqp._control import SEND_LOG, ControlPlane, is_tls_failure, window_full_text
-from fastamqp.interface import (Delivery, Outcome, PeerInfo, SendResult, Source,
+from fastamqp import exceptions
+from fastamqp.engine import policy
+from fastamqp.engine.control import SEND_LOG, ControlPlane, is_tls_failure, window_full_text
+from fastamqp.engine.interface import (Delivery, Outcome, PeerInfo, SendResult, Source,
                                 TLSInfo, source_address)
 
 LOG = logging.getLogger(__name__)
@@ -576,7 +577,7 @@ class _Subscription:
 
 
 class Connection(ControlPlane):
-    """See fastamqp.interface.Connection."""
+    """See fastamqp.engine.interface.Connection."""
 
     def __init__(self, hosts, settings):
         super().__init__(hosts, settings)
@@ -1236,7 +1237,7 @@ class Connection(ControlPlane):
         self._release(send)
 
     def _drop_fanout(self, send):
-        """A fanout nobody receives (fastamqp.policy.FANOUT_CREDIT_WAIT): its caller
+        """A fanout nobody receives (fastamqp.engine.policy.FANOUT_CREDIT_WAIT): its caller
         hears success, as from the original driver and the rabbit driver."""
         self._stats["fanout_dropped"] += 1
         SEND_LOG.debug("fanout to %s dropped: it has no receiver (the peer gave the "

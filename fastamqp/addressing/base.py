@@ -1,30 +1,8 @@
-"""From an oslo.messaging Target to the AMQP address string, and the choice of syntax.
-
-Two syntaxes, exactly as the original driver wrote them (REFERENCE §3.3), because the
-intermediaries are configured for them (qdrouterd ``address`` prefixes, qpidd
-``queue-patterns``/``topic-patterns``):
-
-* legacy:   ``prefix[.vhost].exchange.topic[.server | .all]`` -- flat names for brokers
-* routable: ``prefix/tag[/vhost]/exchange/topic[/server]`` -- for router meshes, with
-  separate RPC and notification namespaces
-
-In ``dynamic`` mode the peer decides: legacy for qpidd (Open property
-``product = 'qpid-cpp'``, or no product at all), routable for everything else. The
-choice is made per connection, so after a failover from a broker to a router the syntax
-follows the new peer.
-
-Targets are duck-typed (``topic``, ``exchange``, ``server``, ``fanout``): this module
-does not import oslo.messaging.
-
-Notification pools (option ``notification_pools``): the notifier sends to the topic's
-multicast address instead of its anycast one, and every consumer group -- each pool,
-and the listeners without a pool as one more group -- consumes from a shared
-subscription to that topic named ``<topic address>#<pool>`` (``#`` alone for the group
-without a pool), so each group gets every notification once.
-"""
+"""What every addressing syntax shares: the options that shape addresses, the
+Addresser interface, and how a router is told from a broker (REFERENCE §3.3)."""
 import dataclasses
 
-from fastamqp.interface import Source
+from fastamqp.engine.interface import Source
 
 SERVICE_RPC = "rpc"
 SERVICE_NOTIFY = "notify"
@@ -129,64 +107,6 @@ def group_name(topic, pool):
     return f"{topic}#{pool or ''}"
 
 
-class LegacyAddresser(Addresser):
-    """Flat broker addresses. RPC and notifications share one namespace."""
-
-    syntax = "legacy"
-
-    def __init__(self, config, vhost=None):
-        self._config = config
-        self._vhost = vhost
-
-    def _exchange(self, target):
-        return target.exchange or self._config.default_exchange
-
-    def multicast_address(self, target, service=SERVICE_RPC):
-        return _join(".", [self._config.broadcast_prefix, self._vhost,
-                           self._exchange(target), target.topic, "all"])
-
-    def unicast_address(self, target, service=SERVICE_RPC):
-        return _join(".", [self._config.server_request_prefix, self._vhost,
-                           self._exchange(target), target.topic, target.server])
-
-    def anycast_address(self, target, service=SERVICE_RPC):
-        return _join(".", [self._config.group_request_prefix, self._vhost,
-                           self._exchange(target), target.topic])
-
-
-class RoutableAddresser(Addresser):
-    """Hierarchical router addresses, RPC and notifications under separate prefixes."""
-
-    syntax = "routable"
-
-    def __init__(self, config, vhost=None):
-        self._config = config
-        self._vhost = vhost
-        # Routable addresses always carry an exchange: without a control_exchange
-        # the original driver used "openstack".
-        default = config.default_exchange or "openstack"
-        self._exchanges = {SERVICE_RPC: config.default_rpc_exchange or default,
-                           SERVICE_NOTIFY: config.default_notification_exchange or default}
-        self._prefixes = {SERVICE_RPC: config.rpc_address_prefix,
-                          SERVICE_NOTIFY: config.notify_address_prefix}
-
-    def _address(self, tag, target, service, server=None):
-        return _join("/", [self._prefixes[service], tag, self._vhost,
-                           target.exchange or self._exchanges[service], target.topic,
-                           server])
-
-    def multicast_address(self, target, service=SERVICE_RPC):
-        return self._address(self._config.multicast_address, target, service)
-
-    def unicast_address(self, target, service=SERVICE_RPC):
-        return self._address(self._config.unicast_address, target, service,
-                             target.server)
-
-    def anycast_address(self, target, service=SERVICE_RPC):
-        return self._address(self._config.anycast_address, target, service)
-
-
-# Routers, as their Open "product" names them: qdrouterd, and its successor.
 ROUTER_PRODUCTS = ("qpid-dispatch-router", "skupper-router")
 
 
@@ -195,19 +115,3 @@ def is_router(peer_properties):
     has a consumer: no credit on a fanout's link then means nobody listens. (A broker
     withholding credit is flow control: its fanouts wait.)"""
     return (peer_properties or {}).get("product") in ROUTER_PRODUCTS
-
-
-def choose_addresser(config, peer_properties, vhost=None):
-    """The addresser for a connection, from the options and the peer's Open properties.
-
-    ``vhost`` is the URL's virtual host when pseudo_vhost is on, else None.
-    RabbitMQ (mode ``rabbitmq``, or ``dynamic`` and its product) has its own syntax:
-    fastamqp.rabbitmq.
-    """
-    from fastamqp import rabbitmq  # it builds on this module
-    if rabbitmq.wanted(config, peer_properties):
-        return rabbitmq.RabbitMQAddresser.for_peer(config, peer_properties, vhost)
-    product = (peer_properties or {}).get("product", BROKER_PRODUCT)
-    if config.mode == "legacy" or (config.mode == "dynamic" and product == BROKER_PRODUCT):
-        return LegacyAddresser(config, vhost)
-    return RoutableAddresser(config, vhost)
