@@ -1,4 +1,4 @@
-"""Bounded fuzzing of both decoders (C ``_core`` and pure ``_pure.codec``).
+"""Bounded fuzzing of both decoders (C ``_core`` and pure ``engine.pure.codec``).
 
 Every input goes into BOTH decoders. The only exception allowed out is
 ``fastamqp.exceptions.CodecError``; anything else (KeyError, SystemError, ...), a crash

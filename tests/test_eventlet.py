@@ -21,5 +21,5 @@ def test_stopping_a_listener_under_eventlet(engine, broker):
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.startswith("ok"), result.stdout
-    expected = "_pure" if engine == "python" else "_cengine"
+    expected = "engine.pure" if engine == "python" else "engine.c"
     assert expected in result.stdout, result.stdout

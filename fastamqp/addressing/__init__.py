@@ -24,9 +24,13 @@ without a pool), so each group gets every notification once.
 """
 from fastamqp.addressing import rabbitmq
 from fastamqp.addressing.amqp import LegacyAddresser, RoutableAddresser
-from fastamqp.addressing.base import (BROKER_PRODUCT, ROUTER_PRODUCTS, SERVICE_NOTIFY,  # noqa: F401
+from fastamqp.addressing.base import (BROKER_PRODUCT, ROUTER_PRODUCTS, SERVICE_NOTIFY,
                                       SERVICE_RPC, Addresser, AddressingConfig,
                                       group_name, is_router)
+
+__all__ = ["BROKER_PRODUCT", "ROUTER_PRODUCTS", "SERVICE_NOTIFY", "SERVICE_RPC", "Addresser",
+           "AddressingConfig", "LegacyAddresser", "RoutableAddresser", "choose_addresser",
+           "group_name", "is_router", "rabbitmq"]
 
 
 def choose_addresser(config, peer_properties, vhost=None):

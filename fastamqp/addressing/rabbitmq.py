@@ -67,13 +67,10 @@ import dataclasses
 import functools
 import logging
 import re
-import ssl
-import threading
-import uuid
 from urllib.parse import quote
 
-from fastamqp import exceptions
-from fastamqp.addressing import base as addressing
+from fastamqp.addressing.amqp import RoutableAddresser
+from fastamqp.addressing.base import SERVICE_NOTIFY, SERVICE_RPC, Addresser, group_name
 
 LOG = logging.getLogger(__name__)
 
@@ -178,14 +175,14 @@ def _bound(name, key=None):
     return ((DIRECT_EXCHANGE, name if key is None else key),)
 
 
-class RabbitMQAddresser(addressing.Addresser):
+class RabbitMQAddresser(Addresser):
     """RabbitMQ queue and exchange addresses (module docstring); ``version`` 2 for
     RabbitMQ 4.x, 1 for 3.x (and when the peer gives no version)."""
 
     syntax = "rabbitmq"
 
     def __init__(self, config, vhost=None, version=1):
-        self._names = addressing.RoutableAddresser(config, vhost)
+        self._names = RoutableAddresser(config, vhost)
         self.version = version
         # RabbitMQ 4.0 and 4.1 write a message to disk unless its header says
         # durable = false explicitly (fastamqp.message.mark_non_durable). The rabbit
@@ -207,18 +204,18 @@ class RabbitMQAddresser(addressing.Addresser):
             return v2_exchange(DIRECT_EXCHANGE, name)
         return v1_queue(name)
 
-    def multicast_address(self, target, service=addressing.SERVICE_RPC):
+    def multicast_address(self, target, service=SERVICE_RPC):
         return self._exchange(FANOUT_EXCHANGE,
                               self._names.multicast_address(target, service))
 
-    def unicast_address(self, target, service=addressing.SERVICE_RPC):
+    def unicast_address(self, target, service=SERVICE_RPC):
         return self._target(self._names.unicast_address(target, service))
 
-    def anycast_address(self, target, service=addressing.SERVICE_RPC):
+    def anycast_address(self, target, service=SERVICE_RPC):
         return self._target(self._names.anycast_address(target, service))
 
     # ---- RPC servers ----------------------------------------------------------------
-    def server_queues(self, target, token, service=addressing.SERVICE_RPC):
+    def server_queues(self, target, token, service=SERVICE_RPC):
         """4.x: the queues of an RPC server on ``target`` -- its own, a fanout queue
         of this connection's own (``token``), the topic's shared one. 3.x: none (the
         plugin declares what a link names)."""
@@ -234,7 +231,7 @@ class RabbitMQAddresser(addressing.Addresser):
                 QueueSpec(names.anycast_address(target, service),
                           bindings=_bound(names.anycast_address(target, service)))]
 
-    def server_addresses(self, target, service=addressing.SERVICE_RPC, token=None):
+    def server_addresses(self, target, service=SERVICE_RPC, token=None):
         """v1: the server's queue, the exchange address itself for fanout (the plugin
         makes the link a private queue bound to it) and the shared queue. v2: sources
         must be queues, so the three queues of server_queues()."""
@@ -254,17 +251,17 @@ class RabbitMQAddresser(addressing.Addresser):
             return [self.group_queue(t, pool) for t in targets]
         if self.version < 2:
             return []
-        names = [self._names.anycast_address(t, addressing.SERVICE_NOTIFY)
+        names = [self._names.anycast_address(t, SERVICE_NOTIFY)
                  for t in targets]
         return [QueueSpec(name, bindings=_bound(name)) for name in names]
 
     def notification_source(self, target):
-        return self._queue(self._names.anycast_address(target, addressing.SERVICE_NOTIFY))
+        return self._queue(self._names.anycast_address(target, SERVICE_NOTIFY))
 
     # ---- notification pools (module docstring) ------------------------------------
     def group_binding(self, target, pool):
-        key = self._names.multicast_address(target, addressing.SERVICE_NOTIFY)
-        return GroupBinding(addressing.group_name(key, pool), GROUP_EXCHANGE, key)
+        key = self._names.multicast_address(target, SERVICE_NOTIFY)
+        return GroupBinding(group_name(key, pool), GROUP_EXCHANGE, key)
 
     def group_queue(self, target, pool):
         binding = self.group_binding(target, pool)

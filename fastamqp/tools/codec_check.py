@@ -10,7 +10,6 @@ every engine and the original must read every engine's message the same way.
 import json
 import time
 import timeit
-import uuid
 
 import proton
 
