@@ -51,3 +51,29 @@ def test_default_env_selects_c():
     # -W error::RuntimeWarning: the "C extension is not available" warning would fail
     assert _run(code) == "c"
     assert _run(code, FASTAMQP_PUREPYTHON="0") == "c"
+
+
+def test_loading_the_options_loads_no_engine():
+    # oslo-config-generator loads fastamqp.opts through its entry point: that must not
+    # load pyngus, Proton or a C extension (issue 16).
+    code = ("import sys, fastamqp, fastamqp.opts as o; o.list_opts(); "
+            "import fastamqp.engine.interface, fastamqp.engine.policy; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pyngus', 'proton', 'cproton') or m in ('fastamqp._core', "
+            "'fastamqp.engine.c._io', 'fastamqp.engine.pure.connection', "
+            "'fastamqp.engine.c.connection')))")
+    assert _run(code) == "[]"
+
+
+def test_engine_name_reports_the_connection_engine():
+    # With the C codec importable but the C connection engine not, the pure connection
+    # engine runs, and engine_name() says so (it used to report the codec).
+    if engine.PUREPYTHON:
+        import pytest
+        pytest.skip("FASTAMQP_PUREPYTHON=1: the C engine is not installed in this run")
+    code = ("import sys, warnings; sys.modules['fastamqp.engine.c._io'] = None; "
+            "warnings.simplefilter('ignore'); "
+            "import fastamqp, fastamqp.engine as e; "
+            "print(fastamqp.engine_name(), e.codec.IMPLEMENTATION, "
+            "e.Connection is e.py_connection, isinstance(e.c_import_error, ImportError))")
+    assert _run(code) == "python c True True"
