@@ -21,7 +21,7 @@ import sys
 LAYERS = [
     # (layer, substrings of the leaf frame's file name), first match wins
     ("fastamqp C engine (wrapper + _io.so)", ("fastamqp/engine/c/connection.py", "fastamqp/engine/c/_io")),
-    ("fastamqp pure-Python engine", ("fastamqp/_pure/",)),
+    ("fastamqp pure-Python engine", ("fastamqp/engine/pure/",)),
     ("fastamqp intermediary", ("fastamqp/intermediary/",)),
     ("fastamqp driver (driver.py, codec, ...)", ("fastamqp/",)),
     ("python-qpid-proton / cffi", ("/proton/", "cproton", "_cffi")),
