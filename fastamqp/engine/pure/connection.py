@@ -40,6 +40,7 @@ import pyngus
 
 from fastamqp import exceptions
 from fastamqp.engine import policy
+from fastamqp.engine.pure.codec import peek_reply
 from fastamqp.engine.control import SEND_LOG, ControlPlane, is_tls_failure, window_full_text
 from fastamqp.engine.interface import (Delivery, Outcome, PeerInfo, SendResult, Source,
                                 TLSInfo, source_address)
@@ -408,23 +409,23 @@ class _ReplyLink:
         self.engine._connection_lost(f"reply link failed: {error}")
 
     def message_received(self, link, data, handle):
-        message = proton.Message()
+        # Only the correlation-id and whether there is a body: the driver decodes the
+        # reply (a proton.Message decode here was a second full decode per call).
         try:
-            message.decode(data)
-        except Exception as exc:
+            correlation_id, heartbeat = peek_reply(data)
+        except exceptions.CodecError as exc:
             # Nobody can claim a reply whose correlation-id cannot be read: settle it
-            # as a late reply, as the C engine does (whose decoder reads what this
-            # one refuses, e.g. a body that is not UTF-8), and keep the connection.
+            # as a late reply, as the C engine does, and keep the connection.
             LOG.error("refusing an undecodable message on the reply link: %s", exc)
             link.message_modified(handle, True, True, None)
             self._top_up(link)
             return
-        waiter = self.engine._calls.get(message.correlation_id)
+        waiter = self.engine._calls.get(correlation_id)
         if waiter is None:
             # A late reply (its caller gave up) or one for another client: tell the
             # peer not to redeliver it here (REFERENCE §3.4).
             link.message_modified(handle, True, True, None)
-        elif message.body is None or message.body == b"":
+        elif heartbeat:
             # No body, or (RabbitMQ 3.x adds one to body-less messages) an empty data
             # section: a heartbeat.
             waiter.heartbeat()
