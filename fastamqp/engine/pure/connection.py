@@ -118,6 +118,13 @@ class _Send:
             self.result, self.error = result, error
             self.done.set()
 
+    def finish_later(self, engine, result):
+        """finish() whose caller is woken at the end of this turn of the I/O loop,
+        after the socket write (I/O thread; see Connection._wake_later)."""
+        if not self.done.is_set() and self.result is None:
+            self.result = result
+            engine._wake_later(self.done.set)
+
     def may_retry(self):
         if self.retries_left is None:
             return True
@@ -239,7 +246,7 @@ class _Sender:
             self.engine._confirmed_outcome(send, outcome, info)
             return
         self.engine._leave_wwait(send)
-        send.finish(SendResult(
+        send.finish_later(self.engine, SendResult(
             outcome,
             delivery_failed=bool(info.get("delivery-failed")),
             undeliverable_here=bool(info.get("undeliverable-here")),
@@ -277,15 +284,20 @@ class _ReplyWaiter:
         self._error = None
         self._beats = 0
 
-    # called on the I/O thread
+    # called on the I/O thread: the caller is woken at the end of this turn of the
+    # I/O loop (Connection._wake_later)
     def deliver(self, payload):
         with self._cond:
             self._reply = payload
-            self._cond.notify_all()
+        self._engine._wake_later(self._wake)
 
     def heartbeat(self):
         with self._cond:
             self._beats += 1
+        self._engine._wake_later(self._wake)
+
+    def _wake(self):
+        with self._cond:
             self._cond.notify_all()
 
     def fail(self, error):
@@ -454,6 +466,7 @@ class _Subscription:
         self.links = {}                  # address -> pyngus receiver
         self._queue = collections.deque()
         self._cond = threading.Condition()
+        self._unannounced = 0            # deliveries queued, pollers not yet woken
         self._stopped = False
         self.closed = False
 
@@ -514,7 +527,16 @@ class _Subscription:
                             (self.engine._generation, link, handle))
         with self._cond:
             self._queue.append(delivery)
-            self._cond.notify()
+            self._unannounced += 1
+            if self._unannounced == 1:
+                self.engine._wake_later(self._announce)
+
+    def _announce(self):
+        """Wake a poller per delivery queued in this turn of the I/O loop (I/O thread,
+        once per turn, after the socket write: see Connection._wake_later)."""
+        with self._cond:
+            self._cond.notify(self._unannounced)
+            self._unannounced = 0
 
     # any thread
     def poll(self, max_batch, timeout):
@@ -623,6 +645,7 @@ class Connection(ControlPlane):
         self._reply = _ReplyLink(self, settings.reply_link_credit)
         self._calls = {}
         self._timers = []            # heap of (when, seq, fn)
+        self._wakes = []             # callers to wake at the end of this loop turn
         self._current_host = None
 
     # ---- lifecycle (any thread) -----------------------------------------------
@@ -761,6 +784,19 @@ class Connection(ControlPlane):
     def _later(self, delay, fn):
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
 
+    def _wake_later(self, fn):
+        """Run ``fn`` (the wake-up of a waiting caller) once this turn of the I/O loop
+        has written its output: a caller woken in the middle of pyngus's processing
+        asks for the GIL while this thread still needs it, for the rest of the batch
+        and for the write; woken after, it finds the GIL about to be free (select)."""
+        self._wakes.append(fn)
+
+    def _flush_wakes(self):
+        while self._wakes:
+            wakes, self._wakes = self._wakes, []
+            for fn in wakes:
+                fn()
+
     def _run(self):
         try:
             if self._settings.sender_link_timeout > 0:
@@ -834,10 +870,13 @@ class Connection(ControlPlane):
                 self._flush_written()
                 if self._pconn is not None and self._pconn.closed:
                     self._connection_lost("connection closed")
+            finally:
+                self._flush_wakes()
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             heapq.heappop(self._timers)[2]()
         self._expire_sends(now)
+        self._flush_wakes()   # any a timer or a lost connection left
 
     def _flush_written(self):
         # Pre-settled transfers were handed to the transport before this write.
