@@ -1078,3 +1078,57 @@ def test_codec_check_passes():
     assert codec_check.main(argv_number=10, out=lines.append) == 0, "\n".join(lines)
     assert lines[-1] == "codec-check: all checks passed"
     assert lines[1].startswith("JSON bodies: dumps: ")
+
+
+def test_pure_fast_path_encodes_the_reference_bytes():
+    """The pure codec's fast path (cffi, as _core) writes exactly the bytes of its
+    proton.Message path, for every kind of message and field type."""
+    import uuid as _uuid
+    from fastamqp.engine import py_codec as p
+    if not p.FAST:
+        pytest.skip("python-qpid-proton has no cffi binding (< 0.39): one path only")
+    request = {"method": "m", "args": {"a": [1, 2.5, None, "ü", True]}, "version": "5.0"}
+    for kwargs in ({}, dict(message_id="id", reply_to="r/1", timeout=30, now=1.7e9),
+                   dict(message_id=_uuid.UUID(int=7), timeout=0.5, now=2.0,
+                        call_monitor_timeout=5),
+                   dict(message_id=2 ** 64 - 1), dict(message_id=b"\x00b"),
+                   dict(serializer="msgpack"), dict(non_durable=True),
+                   dict(non_durable=True, timeout=3, now=1.0)):
+        assert (p.encode_request("a/ü", request, {"u": 1}, **kwargs)
+                == p._message_encode_request("a/ü", request, {"u": 1}, **kwargs)), kwargs
+    for kwargs in ({}, dict(version=1.0), dict(serializer="msgpack"),
+                   dict(non_durable=True)):
+        assert (p.encode_notification("n", {"event_type": "x"}, {}, **kwargs)
+                == p._message_encode_notification("n", {"event_type": "x"}, {},
+                                                  **kwargs)), kwargs
+    for cid in ("cid", 42, b"\x01", _uuid.UUID(int=9)):
+        for kwargs in (dict(response={"x": "z" * 300}), dict(failure="{}"),
+                       dict(response=[1], serializer="msgpack"), dict(non_durable=True)):
+            assert (p.encode_reply("r", cid, **kwargs)
+                    == p._message_encode_reply("r", cid, **kwargs)), (cid, kwargs)
+        for ttl in (None, 0, 10, 4294967.295):
+            assert (p.encode_heartbeat("r", cid, ttl)
+                    == p._message_encode_heartbeat("r", cid, ttl))
+    big = {"data": "x" * 100000}
+    assert (p.encode_request("a", big, {}) == p._message_encode_request("a", big, {}))
+    for bad in (dict(message_id=1.5), dict(reply_to=3), dict(timeout=float("nan")),
+                dict(serializer="xml")):
+        with pytest.raises(CodecError):
+            p.encode_request("a", {}, {}, **bad)
+        with pytest.raises(CodecError):
+            p._message_encode_request("a", {}, {}, **bad)
+
+
+def test_pure_reply_peek(codec):
+    """What the pure engine's I/O thread reads of a message on the reply link: its
+    correlation-id, and whether it is a heartbeat."""
+    from fastamqp.engine import py_codec as p
+    import uuid as _uuid
+    for cid in ("cid", 42, b"\x01", _uuid.UUID(int=9)):
+        assert p.peek_reply(codec.encode_reply("r", cid, response=1)) == (cid, False)
+        assert p.peek_reply(codec.encode_heartbeat("r", cid, 5)) == (cid, True)
+    empty = proton.Message(inferred=True, correlation_id="c", body=b"")
+    assert p.peek_reply(bytes(empty.encode())) == ("c", True)
+    # A string correlation-id that is not UTF-8: nobody can claim the reply.
+    with pytest.raises(CodecError):
+        p.peek_reply(b"\x00\x53\x73\xc0\x0a\x06\x40\x40\x40\x40\x40\xa1\x02\xff\xfe")

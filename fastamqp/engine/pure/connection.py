@@ -40,6 +40,7 @@ import pyngus
 
 from fastamqp import exceptions
 from fastamqp.engine import policy
+from fastamqp.engine.pure.codec import peek_reply
 from fastamqp.engine.control import SEND_LOG, ControlPlane, is_tls_failure, window_full_text
 from fastamqp.engine.interface import (Delivery, Outcome, PeerInfo, SendResult, Source,
                                 TLSInfo, source_address)
@@ -116,6 +117,13 @@ class _Send:
         if not self.done.is_set():
             self.result, self.error = result, error
             self.done.set()
+
+    def finish_later(self, engine, result):
+        """finish() whose caller is woken at the end of this turn of the I/O loop,
+        after the socket write (I/O thread; see Connection._wake_later)."""
+        if not self.done.is_set() and self.result is None:
+            self.result = result
+            engine._wake_later(self.done.set)
 
     def may_retry(self):
         if self.retries_left is None:
@@ -238,7 +246,7 @@ class _Sender:
             self.engine._confirmed_outcome(send, outcome, info)
             return
         self.engine._leave_wwait(send)
-        send.finish(SendResult(
+        send.finish_later(self.engine, SendResult(
             outcome,
             delivery_failed=bool(info.get("delivery-failed")),
             undeliverable_here=bool(info.get("undeliverable-here")),
@@ -276,15 +284,20 @@ class _ReplyWaiter:
         self._error = None
         self._beats = 0
 
-    # called on the I/O thread
+    # called on the I/O thread: the caller is woken at the end of this turn of the
+    # I/O loop (Connection._wake_later)
     def deliver(self, payload):
         with self._cond:
             self._reply = payload
-            self._cond.notify_all()
+        self._engine._wake_later(self._wake)
 
     def heartbeat(self):
         with self._cond:
             self._beats += 1
+        self._engine._wake_later(self._wake)
+
+    def _wake(self):
+        with self._cond:
             self._cond.notify_all()
 
     def fail(self, error):
@@ -408,23 +421,23 @@ class _ReplyLink:
         self.engine._connection_lost(f"reply link failed: {error}")
 
     def message_received(self, link, data, handle):
-        message = proton.Message()
+        # Only the correlation-id and whether there is a body: the driver decodes the
+        # reply (a proton.Message decode here was a second full decode per call).
         try:
-            message.decode(data)
-        except Exception as exc:
+            correlation_id, heartbeat = peek_reply(data)
+        except exceptions.CodecError as exc:
             # Nobody can claim a reply whose correlation-id cannot be read: settle it
-            # as a late reply, as the C engine does (whose decoder reads what this
-            # one refuses, e.g. a body that is not UTF-8), and keep the connection.
+            # as a late reply, as the C engine does, and keep the connection.
             LOG.error("refusing an undecodable message on the reply link: %s", exc)
             link.message_modified(handle, True, True, None)
             self._top_up(link)
             return
-        waiter = self.engine._calls.get(message.correlation_id)
+        waiter = self.engine._calls.get(correlation_id)
         if waiter is None:
             # A late reply (its caller gave up) or one for another client: tell the
             # peer not to redeliver it here (REFERENCE §3.4).
             link.message_modified(handle, True, True, None)
-        elif message.body is None or message.body == b"":
+        elif heartbeat:
             # No body, or (RabbitMQ 3.x adds one to body-less messages) an empty data
             # section: a heartbeat.
             waiter.heartbeat()
@@ -453,6 +466,7 @@ class _Subscription:
         self.links = {}                  # address -> pyngus receiver
         self._queue = collections.deque()
         self._cond = threading.Condition()
+        self._unannounced = 0            # deliveries queued, pollers not yet woken
         self._stopped = False
         self.closed = False
 
@@ -513,7 +527,16 @@ class _Subscription:
                             (self.engine._generation, link, handle))
         with self._cond:
             self._queue.append(delivery)
-            self._cond.notify()
+            self._unannounced += 1
+            if self._unannounced == 1:
+                self.engine._wake_later(self._announce)
+
+    def _announce(self):
+        """Wake a poller per delivery queued in this turn of the I/O loop (I/O thread,
+        once per turn, after the socket write: see Connection._wake_later)."""
+        with self._cond:
+            self._cond.notify(self._unannounced)
+            self._unannounced = 0
 
     # any thread
     def poll(self, max_batch, timeout):
@@ -622,6 +645,7 @@ class Connection(ControlPlane):
         self._reply = _ReplyLink(self, settings.reply_link_credit)
         self._calls = {}
         self._timers = []            # heap of (when, seq, fn)
+        self._wakes = []             # callers to wake at the end of this loop turn
         self._current_host = None
 
     # ---- lifecycle (any thread) -----------------------------------------------
@@ -760,6 +784,19 @@ class Connection(ControlPlane):
     def _later(self, delay, fn):
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._ids), fn))
 
+    def _wake_later(self, fn):
+        """Run ``fn`` (the wake-up of a waiting caller) once this turn of the I/O loop
+        has written its output: a caller woken in the middle of pyngus's processing
+        asks for the GIL while this thread still needs it, for the rest of the batch
+        and for the write; woken after, it finds the GIL about to be free (select)."""
+        self._wakes.append(fn)
+
+    def _flush_wakes(self):
+        while self._wakes:
+            wakes, self._wakes = self._wakes, []
+            for fn in wakes:
+                fn()
+
     def _run(self):
         try:
             if self._settings.sender_link_timeout > 0:
@@ -833,10 +870,13 @@ class Connection(ControlPlane):
                 self._flush_written()
                 if self._pconn is not None and self._pconn.closed:
                     self._connection_lost("connection closed")
+            finally:
+                self._flush_wakes()
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             heapq.heappop(self._timers)[2]()
         self._expire_sends(now)
+        self._flush_wakes()   # any a timer or a lost connection left
 
     def _flush_written(self):
         # Pre-settled transfers were handed to the transport before this write.
