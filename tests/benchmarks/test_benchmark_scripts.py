@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from fastamqp import engine
+from support import paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = paths.ROOT
 pytestmark = pytest.mark.skipif(engine.engine_name() != "c",
                                 reason="the benchmarks measure the C engine")
 

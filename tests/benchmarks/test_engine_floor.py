@@ -4,7 +4,7 @@ must finish, cover every available engine, and report no lost or duplicated mess
 Not a timing test: it asserts nothing about speed and does not use the ``benchmark``
 fixture, so ``--benchmark-only`` skips it and ``--benchmark-skip`` runs it.
 
-    .venv/bin/pytest benchmarks/test_engine_floor.py
+    pytest -m bench_smoke benchmarks/test_engine_floor.py     (from tests/: tests/README.md)
 """
 import json
 import os
@@ -13,8 +13,13 @@ import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SCRIPT = os.path.join(HERE, "engine_floor.py")
+from support import paths
+
+# Longer runs of the benchmark scripts: not part of scripts/test (as before they moved
+# here from benchmarks/); run them with -m bench_smoke (tests/README.md).
+pytestmark = pytest.mark.bench_smoke
+
+SCRIPT = os.path.join(paths.BENCHMARKS, "engine_floor.py")
 
 
 def test_engine_floor_smoke(tmp_path):

@@ -5,7 +5,8 @@ certificate).
 
 The check runs in this process (``fastamqp.tools.check.main``) on the active engine (the C
 one when it is built) and again on the pure-Python engine, which the check reaches the
-way the driver does: through ``fastamqp.engine.Connection``.
+way the driver does: through ``fastamqp.engine.Connection``, which the ``engine``
+fixture (tests/conftest.py) sets.
 
 FASTAMQP_WHEEL_SMOKE=1 (set by scripts/build-wheel and the cibuildwheel test-command)
 means an installed wheel is under test: the C engine must be active, and the skip for
@@ -20,11 +21,10 @@ import time
 
 import pytest
 
-from certs import have_openssl, make_pki
-from engines import ENGINES
 from fastamqp import cli, engine as engine_mod
 from fastamqp.tools import check
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
+from support.certs import have_openssl, make_pki
 
 PASSWORD = "Chk-6b1d-secret"
 REQUIRE = os.environ.get("FASTAMQP_WHEEL_SMOKE", "") not in ("", "0")
@@ -34,13 +34,6 @@ if REQUIRE and not HAVE_TOOLS:
     raise RuntimeError("FASTAMQP_WHEEL_SMOKE is set but openssl or "
                        "saslpasswd2 is missing")
 needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="needs openssl and saslpasswd2")
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, monkeypatch):
-    """Run the check on this engine: the driver builds ``engine.Connection``."""
-    monkeypatch.setattr(engine_mod, "Connection", request.param)
-    return request.param
 
 
 def run_check(*argv):

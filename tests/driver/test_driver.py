@@ -5,7 +5,6 @@ through the broker. These drive the public oslo.messaging API end to end.
 oslo.messaging 18.3's tracing options live on the global cfg.CONF (a private
 ConfigOpts fails on send), so the tests use cfg.CONF and reset it afterwards.
 """
-import threading
 import time
 
 import oslo_messaging
@@ -14,7 +13,9 @@ from oslo_config import cfg
 
 from fastamqp import driver as fastamqp_driver
 from fastamqp.intermediary import Intermediary
-from oslo_env import transport_factory
+from support.oslo_checks import (Calculator, Recorder,  # noqa: F401
+                                 check_notification_stored_then_delivered)
+from support.oslo_env import transport_factory
 
 TIMEOUT = 10
 
@@ -30,29 +31,6 @@ def conf():
 def bus(request):
     with Intermediary(mode=request.param) as im:
         yield im
-
-
-class Calculator:
-    def __init__(self):
-        self.casts = []
-        self.cast_seen = threading.Event()
-
-    def add(self, ctxt, a, b):
-        return a + b
-
-    def fail(self, ctxt):
-        raise ValueError("the server says no")
-
-    def context_echo(self, ctxt):
-        return ctxt
-
-    def record(self, ctxt, value):
-        self.casts.append(value)
-        self.cast_seen.set()
-
-    def slow(self, ctxt, seconds):
-        time.sleep(seconds)
-        return "done"
 
 
 @pytest.fixture
@@ -133,35 +111,6 @@ def test_call_monitor_keeps_a_slow_call_alive(transports):
 def test_notifications_through_a_broker(transports):
     with Intermediary(mode="broker") as broker:
         check_notification_stored_then_delivered(transports, broker.url)
-
-
-def check_notification_stored_then_delivered(transports, url):
-    """A notification sent before any listener exists reaches the listener that
-    attaches later (store and forward); tests/test_relay.py runs it on the relay."""
-    transport = transports(url, notification=True)
-    received = []
-    seen = threading.Event()
-
-    class Endpoint:
-        def info(self, ctxt, publisher_id, event_type, payload, metadata):
-            received.append((publisher_id, event_type, payload))
-            seen.set()
-
-    # Sent before any listener exists: the broker stores it.
-    notifier = oslo_messaging.Notifier(transport, publisher_id="compute.host1",
-                                       driver="messagingv2", topics=["notifications"])
-    notifier.info({}, "compute.instance.create.end", {"id": 1})
-    listener = oslo_messaging.get_notification_listener(
-        transport, [oslo_messaging.Target(topic="notifications")], [Endpoint()],
-        executor="threading")
-    listener.start()
-    try:
-        assert seen.wait(TIMEOUT)
-        assert received == [("compute.host1", "compute.instance.create.end",
-                             {"id": 1})]
-    finally:
-        listener.stop()
-        listener.wait()
 
 
 def test_malformed_message_is_rejected_and_the_server_keeps_serving(transports):
@@ -281,16 +230,6 @@ def test_without_at_least_once_no_credit_keeps_the_timeout_semantics(router, tra
 
 # ---- notification pools ---------------------------------------------------------
 
-class Recorder:
-    def __init__(self):
-        self.events = []
-        self.lock = threading.Lock()
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        with self.lock:
-            self.events.append(payload["n"])
-
-
 @pytest.mark.parametrize("batch", [False, True], ids=["single", "batch"])
 def test_notification_pool_is_refused_with_the_reason(bus, transports, batch):
     transport = transports(bus.url, notification=True)
@@ -305,7 +244,7 @@ def test_notification_pool_is_refused_with_the_reason(bus, transports, batch):
     with pytest.raises(fastamqp_driver.NotificationPoolsUnsupported) as info:
         listener.start()
     text = str(info.value)
-    # Without notification_pools (tests/test_pools.py has them on).
+    # Without notification_pools (tests/driver/test_pools.py has them on).
     assert "pool-a" in text and "notification_pools = true" in text
     # oslo's driver API asks for NotImplementedError when pools are unsupported.
     assert isinstance(info.value, NotImplementedError)

@@ -17,7 +17,7 @@ from oslo_config import cfg
 from fastamqp import opts
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
 
-import certs
+from support import certs
 
 TIMEOUT = 10
 GROUP = "oslo_messaging_amqp"
@@ -473,7 +473,7 @@ def test_notification_not_acked(router, drivers):
 
 def test_no_ack_notification(router, drivers):
     # (The original also passed unknown pre_settled values, which it logged and
-    # ignored; fastamqp refuses them: tests/test_opts.py.)
+    # ignored; fastamqp refuses them: tests/unit/test_opts.py.)
     driver = drivers(router.url, pre_settled=["notify"], default_notify_timeout=5)
     poller = Poller(driver.listen_for_notifications(
         [(oslo_messaging.Target(topic="t"), "info")], None, None, None), mode="no-ack")

@@ -4,7 +4,8 @@ wrong password, an unreachable host and a failed TLS handshake. Every log record
 loggers, DEBUG), every exception text (str, repr, the formatted traceback with its
 chained causes), the reprs of the transport, its driver and connection objects, and the
 process's own stdout/stderr (Proton protocol traces go there) must be free of the
-password and of the TLS key password. tests/test_security.py covers the engine level.
+password and of the TLS key password. tests/engine/test_security.py covers the engine
+level.
 """
 import contextlib
 import logging
@@ -14,9 +15,9 @@ import traceback
 import oslo_messaging
 import pytest
 
-import certs
+from support import certs
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
-from test_faults import GROUP, conf, engine, transports  # noqa: F401 (fixtures)
+from support.faults import GROUP, conf, transports  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.security, pytest.mark.skipif(
     not certs.have_openssl() or not (shutil.which("saslpasswd2")

@@ -8,18 +8,16 @@ import sys
 
 import pytest
 
-from engines import CHILD_ENGINES, child_env
 
 CHILD = os.path.join(os.path.dirname(__file__), "eventlet_child", "stop_listener.py")
 
 
-@pytest.mark.parametrize("engine", CHILD_ENGINES)
 def test_stopping_a_listener_under_eventlet(engine, broker):
     pytest.importorskip("eventlet")
     result = subprocess.run([sys.executable, CHILD, str(broker.port)],
-                            env=child_env(engine), capture_output=True, text=True,
+                            env=engine.child_env(), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.startswith("ok"), result.stdout
-    expected = "engine.pure" if engine == "python" else "engine.c"
+    expected = "engine.pure" if engine.name == "python" else "engine.c"
     assert expected in result.stdout, result.stdout

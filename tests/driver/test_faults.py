@@ -1,8 +1,9 @@
 """Faults injected under load, at the oslo.messaging API (issue 8, docs/reliability.md).
 
 Every test runs on both connection engines: the driver builds its connection with
-``fastamqp.engine.Connection``, which the ``engine`` fixture replaces with each class of
-tests/engines.py (under FASTAMQP_PUREPYTHON=1 only the pure-Python one exists).
+``fastamqp.engine.Connection``, which the ``engine`` fixture (tests/conftest.py) replaces
+with each engine of tests/support/engines.py (under FASTAMQP_PUREPYTHON=1 only the
+pure-Python one exists).
 
 Casts and notifications are sent CONFIRMED (``pre_settled`` empty, as by default
 except that replies are unsettled too): a send that returned means the engine has the
@@ -30,25 +31,18 @@ import pytest
 from oslo_config import cfg
 
 import fastamqp.driver
-import fastamqp.engine
-from engines import ENGINES
 from fastamqp import opts
 from fastamqp.intermediary import Intermediary
-from oslo_env import transport_factory
+from support import paths
+from support.oslo_env import transport_factory
+from support.faults import (CALL_TIMEOUT, GROUP, TIMEOUT, conf, transports,  # noqa: F401
+                            wait_until)
 
 pytestmark = pytest.mark.faults
 
-GROUP = "oslo_messaging_amqp"
-TIMEOUT = 10
-CALL_TIMEOUT = 5
-
 
 # ---- fixtures ---------------------------------------------------------------------
-
-@pytest.fixture(params=ENGINES)
-def engine(request, monkeypatch):
-    monkeypatch.setattr(fastamqp.engine, "Connection", request.param)
-    return request.param
+# engine: tests/conftest.py; conf, transports, wait_until: tests/support/faults.py
 
 
 @pytest.fixture
@@ -60,33 +54,6 @@ def first_host(monkeypatch):
         def randrange(n):
             return 0
     monkeypatch.setattr(fastamqp.driver, "random", First)
-
-
-@pytest.fixture
-def conf():
-    cfg.CONF.reset()
-    opts.register_opts(cfg.CONF)
-    cfg.CONF.set_override("pre_settled", [], GROUP)       # casts wait for the ack
-    cfg.CONF.set_override("link_retry_delay", 1, GROUP)
-    # A server's reply to a client that vanished with the crash waits for credit the
-    # router never gives; the default (30 s) would hold server.wait() that long.
-    cfg.CONF.set_override("default_reply_timeout", CALL_TIMEOUT, GROUP)
-    yield cfg.CONF
-    cfg.CONF.reset()
-
-
-@pytest.fixture
-def transports(conf, engine):
-    yield from transport_factory(conf)
-
-
-def wait_until(predicate, timeout=TIMEOUT, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 # ---- the receiving side -----------------------------------------------------------
@@ -523,7 +490,7 @@ def test_credit_withheld_then_returned(engine, conf, transports, request):
 
 
 # ---- 6. outcomes of casts and notifications (REFERENCE §3.6) ---------------------
-# tests/test_driver_original.py::test_retransmit covers calls; these cover unsettled
+# tests/driver/test_driver_original.py::test_retransmit covers calls; these cover unsettled
 # casts and notifications.
 
 # Casts and notifications are confirmed: modified with delivery-failed goes again too
@@ -671,8 +638,8 @@ from oslo_config import cfg
 import fastamqp.engine
 from fastamqp import opts
 from fastamqp.intermediary import Intermediary
-from engines import ENGINES
-fastamqp.engine.Connection = [p.values[0] for p in ENGINES if p.id == sys.argv[1]][0]
+from support.engines import by_name
+fastamqp.engine.Connection = by_name(sys.argv[1]).connection
 cfg.CONF([], project="reply-while-down")
 opts.register_opts(cfg.CONF)
 cfg.CONF.set_override("connection_retry_interval", 5, "oslo_messaging_amqp")
@@ -718,9 +685,10 @@ def test_a_reply_sent_while_the_connection_is_down_does_not_crash(engine, reques
     import os
     import subprocess
     import sys
-    engine_id = "c" if engine.__module__ == "fastamqp.engine.c.connection" else "python"
-    here = os.path.dirname(os.path.abspath(__file__))
-    # The tests directory only: the fastamqp under test is the one this run imports.
+    engine_id = engine.name
+    here = paths.TESTS
+    # The tests directory only (for support.engines): the fastamqp under test is the
+    # one this run imports.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [here, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", REPLY_WHILE_DOWN, engine_id],

@@ -15,11 +15,10 @@ import os
 
 import pytest
 
-import fastamqp.engine
-from engines import ENGINES
 from fastamqp.intermediary import Intermediary, relay, routing
+from support import paths
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = paths.ROOT
 _spec = importlib.util.spec_from_file_location(
     "fastamqp_presettled_burst", os.path.join(ROOT, "benchmarks", "presettled_burst.py"))
 presettled_burst = importlib.util.module_from_spec(_spec)
@@ -30,12 +29,6 @@ DELAY = 0.001
 DATA_PATHS = [pytest.param(Intermediary, id="python")]
 if relay.available():
     DATA_PATHS.append(pytest.param(relay.Relay, id="relay"))
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request, monkeypatch):
-    monkeypatch.setattr(fastamqp.engine, "Connection", request.param)
-    return request.param
 
 
 @pytest.fixture(params=DATA_PATHS)

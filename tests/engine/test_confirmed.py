@@ -1,10 +1,10 @@
 """Confirmed sends, fanout with no receiver, releases and reconnection, at the engine
 interface, on real wire traffic through the embedded intermediary (issues 14, 17, 18).
 
-Every test runs on both connection engines (tests/engines.py). A confirmed send
-(``confirm=True``) returns once the engine has taken the message and the engine keeps
-it until the peer settles it: the tests look at what the consumer gets and at the
-engine's ``statistics()``.
+Every test runs on both connection engines (the ``engine`` fixture, tests/conftest.py).
+A confirmed send (``confirm=True``) returns once the engine has taken the message and
+the engine keeps it until the peer settles it: the tests look at what the consumer gets
+and at the engine's ``statistics()``.
 """
 import logging
 import threading
@@ -17,18 +17,10 @@ from fastamqp.engine import policy
 from fastamqp.engine import c_connection, py_codec as codec
 from fastamqp.intermediary import Intermediary
 from fastamqp.engine.interface import Outcome
-from test_connection import TIMEOUT, Opened, deadline, engine, request  # noqa: F401
+from support.connection import TIMEOUT, connect, deadline, request  # noqa: F401
 
 ANYCAST = "openstack.org/om/rpc/anycast/openstack/confirmed"
 MULTICAST = "openstack.org/om/rpc/multicast/openstack/confirmed"
-
-
-@pytest.fixture
-def connect(engine):  # noqa: F811 - the engine fixture comes from test_connection
-    opened = Opened(engine)
-    yield opened
-    for conn in opened.opened:
-        conn.close(5)
 
 
 def wait_for(predicate, timeout=TIMEOUT, what="the condition"):

@@ -1,8 +1,8 @@
 """The connection engine against the embedded intermediary, on real wire traffic.
 
-Parametrized over the engines: today the pure-Python reference on pyngus
-(fastamqp.engine.pure.connection); the C engine joins the list when it exists and must pass
-every test here unchanged.
+Parametrized over the engines (the ``engine`` fixture, tests/conftest.py): the
+pure-Python reference on pyngus (fastamqp.engine.pure.connection) and the C engine,
+which must pass every test here unchanged.
 """
 import threading
 import time
@@ -11,59 +11,11 @@ import pytest
 
 from fastamqp import exceptions
 from fastamqp.engine.pure import connection as pure_connection
-from engines import ENGINES
 from fastamqp.engine import py_codec as codec
 from fastamqp.engine.interface import ConnectionSettings, Host, Outcome, Source
 from fastamqp.intermediary import Intermediary
-
-TIMEOUT = 10
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
-
-
-class Opened:
-    """Connections opened by a test, closed at its end."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        self.opened = []
-
-    def __call__(self, *intermediaries, **settings):
-        settings.setdefault("container_id", f"test-{len(self.opened)}")
-        settings.setdefault("link_retry_delay", 0.2)
-        settings.setdefault("retry_interval", 0.2)
-        hosts = [Host("127.0.0.1", im.port) for im in intermediaries]
-        conn = self.engine(hosts, ConnectionSettings(**settings))
-        conn.start()
-        conn.wait_active(TIMEOUT)
-        self.opened.append(conn)
-        return conn
-
-
-@pytest.fixture
-def connect(engine):
-    opened = Opened(engine)
-    yield opened
-    for conn in opened.opened:
-        conn.close(5)
-
-
-def deadline(seconds=TIMEOUT):
-    return time.monotonic() + seconds
-
-
-def request(address, method="m", **kw):
-    return codec.encode_request(address, {"method": method}, {}, **kw)
-
-
-def poll_one(sub, timeout=TIMEOUT):
-    batch = sub.poll(1, timeout)
-    assert batch, "nothing arrived"
-    return batch[0]
-
+from support.connection import (TIMEOUT, connect, deadline, poll_one,  # noqa: F401
+                                request)
 
 @pytest.mark.parametrize("mode, product", [("router", "qpid-dispatch-router"),
                                            ("broker", "qpid-cpp")])
@@ -357,8 +309,8 @@ def test_engine_satisfies_the_interface(engine):
     for name, member in vars(interface.Connection).items():
         if name.startswith("_"):
             continue
-        ours = getattr(engine, name, None)
-        assert ours is not None, f"{engine.__name__} lacks {name}"
+        ours = getattr(engine.connection, name, None)
+        assert ours is not None, f"{engine.connection.__name__} lacks {name}"
         if isinstance(member, property):
             assert isinstance(ours, property), name
             continue

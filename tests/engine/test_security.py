@@ -1,7 +1,7 @@
 """SASL and TLS on real wire traffic: the engine against the embedded intermediary.
 
 Both sides run in this process; the certificates are made for the session with the
-``openssl`` command line tool (tests/certs.py). The intermediary authenticates PLAIN
+``openssl`` command line tool (tests/support/certs.py). The intermediary authenticates PLAIN
 through Cyrus SASL and a sasldb it makes with saslpasswd2.
 
 Every refusal must reach the caller of ``wait_active`` as a clear error well before
@@ -14,13 +14,12 @@ import time
 
 import pytest
 
-from certs import have_openssl, make_pki
 from fastamqp import exceptions
 from fastamqp.engine.pure import connection as pure_connection
-from engines import ENGINES
 from fastamqp.engine import py_codec as codec
 from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary, Listener, TLSConfig
+from support.certs import have_openssl, make_pki
 
 pytestmark = pytest.mark.skipif(
     not have_openssl() or not (shutil.which("saslpasswd2")
@@ -64,11 +63,6 @@ def im(pki):
         yield broker
 
 
-@pytest.fixture(params=ENGINES)
-def engine(request):
-    return request.param
-
-
 @pytest.fixture
 def secrets_kept(caplog, pki):
     """Everything is logged at DEBUG; at the end no record may carry a password."""
@@ -88,7 +82,7 @@ def connect(engine, secrets_kept):
         settings.setdefault("container_id", f"sec-{len(opened)}")
         settings.setdefault("retry_interval", 0.2)
         settings.setdefault("retry_interval_max", 0.5)
-        conn = engine(list(hosts), ConnectionSettings(**settings))
+        conn = engine.connection(list(hosts), ConnectionSettings(**settings))
         opened.append(conn)
         conn.start()
         if wait:
@@ -187,7 +181,7 @@ def test_users_of_one_intermediary_do_not_log_in_to_another(connect, im):
 
 
 def test_cyrus_options_reach_pyngus(engine):
-    conn = engine([Host()], ConnectionSettings(
+    conn = engine.connection([Host()], ConnectionSettings(
         container_id="x", sasl_mechanisms="plain external",
         sasl_config_dir="/etc/fastamqp-sasl", sasl_config_name="client"))
     props = conn._sasl_props(Host("h", 5672, "u", "p"))
@@ -277,10 +271,11 @@ def test_failover_verifies_the_name_of_the_host_it_fails_over_to(connect, im, pk
 
 
 def test_tls_props_are_made_per_host(engine, pki):
-    conn = engine([Host()], ConnectionSettings(container_id="x", ssl_ca_file=pki.ca))
+    conn = engine.connection([Host()], ConnectionSettings(container_id="x",
+                                                          ssl_ca_file=pki.ca))
     assert conn._tls_props(Host("a.example"))["x-ssl-peer-name"] == "a.example"
     assert conn._tls_props(Host("b.example"))["x-ssl-peer-name"] == "b.example"
-    plain = engine([Host()], ConnectionSettings(container_id="y"))
+    plain = engine.connection([Host()], ConnectionSettings(container_id="y"))
     assert plain._tls_props(Host("a.example")) == {}
 
 

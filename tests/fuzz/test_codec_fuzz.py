@@ -34,7 +34,7 @@ import pytest
 
 from fastamqp.exceptions import CodecError
 
-import amqp_strict
+from support import amqp_strict
 
 pytestmark = pytest.mark.fuzz
 

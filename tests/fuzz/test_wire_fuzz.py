@@ -35,7 +35,7 @@ from proton.reactor import Container
 
 from fastamqp.intermediary import Intermediary
 from fastamqp.message import DEFAULT_MAX_MESSAGE_SIZE
-from test_faults import conf, engine, transports, wait_until  # noqa: F401 (fixtures)
+from support.faults import conf, transports, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.fuzz
 
@@ -388,7 +388,7 @@ def test_poison_messages_from_the_wire_are_rejected(engine, transports):
             print(f"progress: sent={f['sent']} outcomes={dict(f['by_outcome'])} "
                   f"seed={seed}", flush=True)
     figures = run_fuzz(transports, COUNT, seed, progress=progress)
-    print(f"\nFIGURES wire-fuzz: engine={engine.__module__} seed={seed} "
+    print(f"\nFIGURES wire-fuzz: engine={engine.connection.__module__} seed={seed} "
           f"sent={figures['sent']} outcomes={dict(figures['by_outcome'])} "
           f"logged_rejections={figures['logged_rejections']} "
           f"kinds={len(figures['by_kind'])} seconds={figures['seconds']}")

@@ -1,9 +1,9 @@
 """fastamqp relay (the intermediary's C data path) against independent clients.
 
 Real AMQP on 127.0.0.1 ephemeral ports: raw python-qpid-proton blocking clients, and
-oslo.messaging with the fastamqp driver. Where the Python intermediary's behavioural
-checks (tests/test_intermediary.py) only use what the relay has too, they are imported
-and run here against the relay: the ``router``/``broker`` fixtures below shadow theirs.
+oslo.messaging with the fastamqp driver. The Python intermediary's behavioural
+checks that only use what the relay has too (tests/support/intermediary_checks.py) are
+imported and run here against the relay, on the ``router``/``broker`` fixtures below.
 The module is skipped when the relay extension is not built.
 """
 import tempfile
@@ -13,10 +13,10 @@ import pytest
 from proton import Delivery, Message, Timeout, symbol
 from proton.utils import BlockingConnection, SendException
 
-import fastamqp.engine
-from engines import ENGINES
 from fastamqp.intermediary import relay as relay_mod, routing
-from oslo_env import transport_factory
+from support.oslo_checks import (Calculator, check_groups,
+                                 check_notification_stored_then_delivered)
+from support.oslo_env import transport_factory
 
 if not relay_mod.available():
     pytest.skip("the fastamqp relay (fastamqp.intermediary._relay) is not built",
@@ -25,7 +25,7 @@ if not relay_mod.available():
 from fastamqp.intermediary.relay import Relay  # noqa: E402
 
 # The same behavioural checks as the Python intermediary, run against the relay.
-from test_intermediary import (  # noqa: E402,F401
+from support.intermediary_checks import (  # noqa: E402,F401
     ANYCAST, MULTICAST, SHORT, T, connect, drain, pump, rx, send_async, tx, until,
     vanish,
     test_broker_competing_consumers,
@@ -308,11 +308,10 @@ def test_stop_with_live_clients_and_restart(connect):
 TIMEOUT = 10
 
 
-@pytest.fixture(params=ENGINES)
-def transports(request, monkeypatch):
-    """oslo transports on each connection engine in turn (tests/engines.py)."""
+@pytest.fixture
+def transports(engine):
+    """oslo transports on each connection engine in turn (the ``engine`` fixture)."""
     from oslo_config import cfg
-    monkeypatch.setattr(fastamqp.engine, "Connection", request.param)
     cfg.CONF.reset()
     yield from transport_factory(cfg.CONF)
     cfg.CONF.reset()
@@ -323,7 +322,6 @@ def test_oslo_rpc_call_cast_fanout(mode, transports):
     import oslo_messaging
     with Relay(mode=mode) as r:
         transport = transports(r.url)
-        from test_driver import Calculator
         endpoint = Calculator()
         server = oslo_messaging.get_rpc_server(
             transport, oslo_messaging.Target(topic="calc", server="host1"), [endpoint],
@@ -350,14 +348,12 @@ def test_oslo_rpc_call_cast_fanout(mode, transports):
 
 
 def test_oslo_notifications_through_broker(transports):
-    from test_driver import check_notification_stored_then_delivered
     with Relay(mode="broker") as broker:
         check_notification_stored_then_delivered(transports, broker.url)
 
 
 def test_oslo_notification_pools_through_broker(transports):
-    # The relay shares subscriptions as BrokerCore does (tests/test_pools.py).
-    from test_pools import check_groups
+    # The relay shares subscriptions as BrokerCore does (tests/driver/test_pools.py).
     with Relay(mode="broker") as broker:
         transport = transports(broker.url + "?notification_pools=true",
                                notification=True)

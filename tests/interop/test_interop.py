@@ -6,11 +6,11 @@ pyngus, in .venv-orig; scripts/test sets FASTAMQP_ORIGINAL_PYTHON).
    (qpidd, legacy addresses): an independent client and server confirm that the
    intermediary behaves like the real intermediaries do for them.
 2. fastamqp (oslo.messaging 18 in this process) and the original (a subprocess running
-   tests/original/rpc_peer.py) talking to each other in a hybrid deployment: RPC through
-   the router, notifications through the broker. Both directions, both kinds of server
-   on one topic at once (a rolling upgrade), the original monkey-patched by eventlet
-   as services ran it, and the one deliberate difference (a notification listener's
-   Target.exchange) asserted as documented behaviour.
+   tests/support/original/rpc_peer.py) talking to each other in a hybrid deployment: RPC
+   through the router, notifications through the broker. Both directions, both kinds of
+   server on one topic at once (a rolling upgrade), the original monkey-patched by
+   eventlet as services ran it, and the one deliberate difference (a notification
+   listener's Target.exchange) asserted as documented behaviour.
 3. What each driver puts on the wire (requests, notifications, replies, failures,
    call-monitor heartbeats), captured from broker queues and compared section by
    section: identical except absolute-expiry-time (the original's is from
@@ -38,9 +38,10 @@ from oslo_config import cfg
 from fastamqp import engine
 from fastamqp.engine.interface import ConnectionSettings, Host, Outcome
 from fastamqp.intermediary import Intermediary
+from support import paths
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEER = os.path.join(HERE, "original", "rpc_peer.py")
+PEER = os.path.join(paths.ORIGINAL, "rpc_peer.py")
 TIMEOUT = 10            # any single wait in these tests
 CLIENT_RUN_TIMEOUT = 60  # one whole original client run
 # The original subscribes to every priority its notification endpoint answers (7);
@@ -323,7 +324,8 @@ class Recorder:
 
 
 class FaRpcEndpoint(Recorder):
-    """The same methods as the original peer's endpoint (tests/original/rpc_peer.py)."""
+    """The same methods as the original peer's endpoint
+    (tests/support/original/rpc_peer.py)."""
 
     def __init__(self, name):
         super().__init__()

@@ -35,7 +35,6 @@ import uuid
 
 import pytest
 
-from engines import CHILD_ENGINES, child_env
 
 OMBT = os.path.join(os.path.dirname(sys.executable), "ombt")
 CALLS = 50
@@ -78,7 +77,7 @@ def run_ombt(ombt, engine, cwd, *argv):
     """One ombt run to its end: its stdout, after checking that it exited by itself
     with status 0."""
     try:
-        result = subprocess.run([ombt, *argv], env=child_env(engine), cwd=cwd,
+        result = subprocess.run([ombt, *argv], env=engine.child_env(), cwd=cwd,
                                 capture_output=True, text=True, timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"ombt {' '.join(argv)} did not exit within {RUN_TIMEOUT} s:\n"
@@ -133,7 +132,6 @@ STANDALONE = [
 # with no receiver, which the driver drops (issue 17) instead of failing the run.
 @pytest.mark.parametrize("bus", ["broker", "router"])
 @pytest.mark.parametrize("mode, counts_line, sides", STANDALONE)
-@pytest.mark.parametrize("engine", CHILD_ENGINES)
 def test_standalone(ombt, engine, mode, counts_line, sides, bus, request, tmp_path):
     output = run_ombt(ombt, engine, tmp_path, "--url", bus_url(request, bus),
                       "--topic", own_topic(), *mode)
@@ -157,7 +155,7 @@ class DistributedProcess:
         self.proc = subprocess.Popen(
             [ombt, "--url", url, "--control", control, "--topic", topic,
              "--logfile-prefix", self.log_prefix, kind, "-X-daemon"],
-            env=child_env(engine), cwd=cwd, stdout=subprocess.PIPE,
+            env=engine.child_env(), cwd=cwd, stdout=subprocess.PIPE,
             stderr=self.stderr, text=True)
 
     def wait_ready(self):
@@ -191,7 +189,6 @@ class DistributedProcess:
         self.stderr.close()
 
 
-@pytest.mark.parametrize("engine", CHILD_ENGINES)
 def test_distributed(ombt, engine, request, tmp_path):
     # Control and RPC through the router, notifications through the broker.
     router, broker = bus_url(request, "router"), bus_url(request, "broker")

@@ -1,13 +1,15 @@
 """RabbitMQ over AMQP 1.0: the addresses (fastamqp.addressing.rabbitmq), and oslo.messaging's
 public API end to end through a real RabbitMQ 3.x node with the rabbitmq_amqp1_0 plugin.
 
-One private node serves the whole session (tests/rabbit.py; about 4 s to start). It
+One private node serves the whole session (tests/support/rabbit.py; about 4 s to
+start). It
 gets the expiry policy docs/rabbitmq.md asks operators for, with a short period, so the
 tests can see reply and fanout queues go away after their clients. Every test uses
 topics of its own: queues outlive tests on a shared node.
 
-The behavioural tests run on each connection engine that imports: the pure-Python one
-(``[python]``) and the C one (``[c]``, fastamqp.engine.c.connection).
+The behavioural tests run on each connection engine (the ``engine`` fixture,
+tests/conftest.py): the pure-Python one (``[python]``) and the C one (``[c]``,
+fastamqp.engine.c.connection).
 
 oslo.messaging 18.3's tracing options live on the global cfg.CONF (a private
 ConfigOpts fails on send), so the tests use cfg.CONF and reset it afterwards.
@@ -23,31 +25,23 @@ import oslo_messaging
 import pytest
 from oslo_config import cfg
 
-from engines import ENGINE_TESTS_DONE
-from fastamqp import addressing, engine, exceptions
+from fastamqp import addressing, exceptions
 from fastamqp.addressing import rabbitmq
 from fastamqp.rabbitmq import declare
 from fastamqp.addressing import AddressingConfig, choose_addresser
 from fastamqp.engine.interface import Host, PeerInfo
-from oslo_env import transport_factory
+from support import certs, rabbit
+from support.rabbitmq_checks import (  # noqa: F401 (fixtures)
+    Calculator, NotificationEndpoint, T, TIMEOUT, conf, each_group_gets_every_notification,
+    heartbeats_keep_a_slow_call_alive, listener_for,
+    notifications_are_stored_and_listeners_compete, rpc_patterns, start_server, stop,
+    topic, transports, wait_for_consumers, wait_until)
 
-import certs
-import rabbit
-
-TIMEOUT = 15
 POLICY_EXPIRES_MS = 1000
 
 RABBIT3 = {"product": "RabbitMQ", "version": "3.10.8"}
 RABBIT4 = {"product": "RabbitMQ", "version": "4.1.2"}
 CONFIG = AddressingConfig(default_exchange="openstack")
-
-
-class T:
-    """A duck-typed oslo Target."""
-
-    def __init__(self, topic="compute", exchange=None, server=None, fanout=False):
-        self.topic, self.exchange = topic, exchange
-        self.server, self.fanout = server, fanout
 
 
 def peer(properties):
@@ -242,102 +236,6 @@ def rabbit_node(tmp_path_factory):
         node.stop()
 
 
-@pytest.fixture(params=["python", "c"])
-def engine_impl(request, monkeypatch):
-    """The connection engine the driver builds (fastamqp.engine.Connection)."""
-    if ENGINE_TESTS_DONE:
-        pytest.skip("FASTAMQP_ENGINE_TESTS_DONE=1: run on both engines in the C install")
-    if request.param == "c":
-        if engine.PUREPYTHON:
-            pytest.skip("FASTAMQP_PUREPYTHON=1: the C engine is disabled in this run")
-        connection = getattr(engine, "c_connection", None)
-        if connection is None:
-            try:
-                from fastamqp.engine.c.connection import Connection as connection
-            except ImportError as exc:
-                pytest.skip(f"the C engine (fastamqp.engine.c.connection) does not import: {exc}")
-    else:
-        from fastamqp.engine.pure.connection import Connection as connection
-    monkeypatch.setattr(engine, "Connection", connection)
-    return request.param
-
-
-@pytest.fixture
-def conf():
-    cfg.CONF.reset()
-    yield cfg.CONF
-    cfg.CONF.reset()
-
-
-@pytest.fixture
-def transports(conf):
-    yield from transport_factory(conf)
-
-
-@pytest.fixture
-def topic():
-    return f"calc-{uuid.uuid4().hex[:8]}"
-
-
-class Calculator:
-    def __init__(self):
-        self.casts = []
-        self.cond = threading.Condition()
-
-    def add(self, ctxt, a, b):
-        return a + b
-
-    def fail(self, ctxt):
-        raise ValueError("the server says no")
-
-    def context_echo(self, ctxt):
-        return ctxt
-
-    def record(self, ctxt, value):
-        with self.cond:
-            self.casts.append(value)
-            self.cond.notify_all()
-
-    def slow(self, ctxt, seconds):
-        time.sleep(seconds)
-        return "done"
-
-    def wait_for(self, count, timeout=TIMEOUT):
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.casts) >= count, timeout)
-
-
-def start_server(transport, endpoint, topic, server):
-    rpc_server = oslo_messaging.get_rpc_server(
-        transport, oslo_messaging.Target(topic=topic, server=server), [endpoint],
-        executor="threading")
-    rpc_server.start()
-    return rpc_server
-
-
-def stop(*servers):
-    for server in servers:
-        server.stop()
-    for server in servers:
-        server.wait()
-
-
-def wait_until(predicate, timeout=TIMEOUT, interval=0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-def wait_for_consumers(node, names, count=1):
-    """Until each queue has ``count`` consumers: a server's links are attached."""
-    return wait_until(lambda: all(node.queues().get(n, {}).get("consumers", 0) >= count
-                                  for n in names))
-
-
 def queue_name(address):
     assert address.startswith("/queue/")
     return address[len("/queue/"):].replace("%2F", "/")
@@ -370,40 +268,13 @@ def test_node_starts_quickly_and_speaks_amqp_1_0(rabbit_node):
         conn.close(5)
 
 
-def rpc_patterns(url, transports, topic, ready=lambda: True):
-    """Call, direct call, cast, fanout, direct cast, a remote error and the context
-    through one server; ``ready()`` says when its links are attached."""
-    endpoint = Calculator()
-    rpc_server = start_server(transports(url), endpoint, topic, "host1")
-    try:
-        assert ready()
-        client = oslo_messaging.get_rpc_client(
-            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT)
-        assert client.call({}, "add", a=2, b=3) == 5                       # anycast
-        assert client.prepare(server="host1").call({}, "add", a=1, b=1) == 2   # direct
-        client.cast({}, "record", value="cast")                             # cast
-        assert endpoint.wait_for(1)
-        client.prepare(fanout=True).cast({}, "record", value="fanout")      # fanout
-        assert endpoint.wait_for(2)
-        client.prepare(server="host1").cast({}, "record", value="direct")   # direct cast
-        assert endpoint.wait_for(3)
-        assert endpoint.casts == ["cast", "fanout", "direct"]
-        with pytest.raises(ValueError, match="the server says no"):
-            client.call({}, "fail")
-        ctxt = {"user": "u1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-"
-                                             "b7ad6b7169203331-01"}
-        assert client.call(ctxt, "context_echo") == ctxt
-    finally:
-        stop(rpc_server)
-
-
-def test_rpc_patterns(rabbit_node, engine_impl, transports, topic):
+def test_rpc_patterns(rabbit_node, engine, transports, topic):
     # 3.x: the fanout queue exists once the server's link is attached.
     rpc_patterns(rabbit_node.url(), transports, topic,
                  lambda: wait_for_consumers(rabbit_node, names(topic, "host1")))
 
 
-def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit_node, engine_impl,
+def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit_node, engine,
                                                              transports, topic):
     url = rabbit_node.url()
     one, two = Calculator(), Calculator()
@@ -446,7 +317,7 @@ def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit_node, engine
 
 
 def test_reply_queue_is_per_connection_and_goes_away_after_its_client(
-        rabbit_node, engine_impl, conf, topic):
+        rabbit_node, engine, conf, topic):
     url = rabbit_node.url()
     server_transport = oslo_messaging.get_rpc_transport(conf, url=url)
     rpc_server = start_server(server_transport, Calculator(), topic, "host1")
@@ -481,24 +352,12 @@ def test_reply_queue_is_per_connection_and_goes_away_after_its_client(
                       timeout=POLICY_EXPIRES_MS / 1000 + 10)
 
 
-def heartbeats_keep_a_slow_call_alive(url, transports, topic):
-    rpc_server = start_server(transports(url), Calculator(), topic, "host1")
-    try:
-        client = oslo_messaging.get_rpc_client(
-            transports(url), oslo_messaging.Target(topic=topic), timeout=TIMEOUT,
-            call_monitor_timeout=2)
-        # 3 s of work with a 2 s monitor: only heartbeats keep the call alive.
-        assert client.call({}, "slow", seconds=3) == "done"
-    finally:
-        stop(rpc_server)
-
-
-def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine_impl,
+def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit_node, engine,
                                                         transports, topic):
     heartbeats_keep_a_slow_call_alive(rabbit_node.url(), transports, topic)
 
 
-def test_call_timeout_without_a_server(rabbit_node, engine_impl, transports, topic):
+def test_call_timeout_without_a_server(rabbit_node, engine, transports, topic):
     client = oslo_messaging.get_rpc_client(
         transports(rabbit_node.url()), oslo_messaging.Target(topic=topic), timeout=2)
     started = time.monotonic()
@@ -507,7 +366,7 @@ def test_call_timeout_without_a_server(rabbit_node, engine_impl, transports, top
     assert time.monotonic() - started < 6
 
 
-def test_a_call_that_timed_out_is_not_run_later(rabbit_node, engine_impl, transports,
+def test_a_call_that_timed_out_is_not_run_later(rabbit_node, engine, transports,
                                                topic):
     # The request carries its timeout as the header ttl, which RabbitMQ 3.x honours:
     # a server that starts after the caller gave up never runs the stale request.
@@ -530,55 +389,7 @@ def test_a_call_that_timed_out_is_not_run_later(rabbit_node, engine_impl, transp
         stop(rpc_server)
 
 
-class NotificationEndpoint:
-    def __init__(self):
-        self.received = []
-        self.cond = threading.Condition()
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        with self.cond:
-            self.received.append(payload["n"])
-            self.cond.notify_all()
-
-    def wait_for(self, count, timeout=TIMEOUT):
-        with self.cond:
-            return self.cond.wait_for(lambda: len(self.received) >= count, timeout)
-
-
-def listener_for(transport, topic, endpoint, pool=None):
-    listener = oslo_messaging.get_notification_listener(
-        transport, [oslo_messaging.Target(topic=topic)], [endpoint],
-        executor="threading", pool=pool)
-    listener.start()
-    return listener
-
-
-def notifications_are_stored_and_listeners_compete(node, url, transports, topic,
-                                                   queue):
-    """A notification sent before any listener is kept in the topic's ``queue``; two
-    listeners then share the topic's notifications, each once. RabbitMQ 3.x and 4.x."""
-    notifier = oslo_messaging.Notifier(transports(url, notification=True),
-                                       publisher_id="compute.host1",
-                                       driver="messagingv2", topics=[topic])
-    notifier.info({}, "compute.instance.create.end", {"n": 0})
-    one, two = NotificationEndpoint(), NotificationEndpoint()
-    listeners = [listener_for(transports(url, notification=True), topic, one),
-                 listener_for(transports(url, notification=True), topic, two)]
-    try:
-        assert wait_for_consumers(node, [queue], count=2)
-        for n in range(1, 11):
-            notifier.info({}, "compute.instance.create.end", {"n": n})
-        assert wait_until(lambda: len(one.received) + len(two.received) >= 11)
-        time.sleep(0.5)
-        assert sorted(one.received + two.received) == list(range(11))   # once each
-        assert one.received and two.received                           # both took some
-    finally:
-        for listener in listeners:
-            listener.stop()
-            listener.wait()
-
-
-def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine_impl,
+def test_notifications_are_stored_and_listeners_compete(rabbit_node, engine,
                                                         transports, topic):
     # 3.x: the notifier's /queue/ link declares the shared queue.
     notifications_are_stored_and_listeners_compete(
@@ -591,44 +402,7 @@ def pools_url(node):
     return node.url() + "?notification_pools=true"
 
 
-def each_group_gets_every_notification(node, url, transports, topic, group_queue,
-                                       check_queues=None):
-    """Three groups (none, billing, audit) listen to one topic's notifications: each
-    gets every one, shared among its members. ``group_queue(pool)`` names a group's
-    queue; the group without a pool also has the one sent before anybody listened
-    (the notifier declared its queue, as the rabbit driver declares its default one).
-    RabbitMQ 3.x and 4.x alike."""
-    notifier = oslo_messaging.Notifier(transports(url, notification=True),
-                                       publisher_id="compute.host1",
-                                       driver="messagingv2", topics=[topic])
-    notifier.info({}, "compute.instance.create.end", {"n": 0})
-    groups = {None: [NotificationEndpoint(), NotificationEndpoint()],
-              "billing": [NotificationEndpoint(), NotificationEndpoint()],
-              "audit": [NotificationEndpoint()]}
-    listeners = [listener_for(transports(url, notification=True), topic, e, pool)
-                 for pool, members in groups.items() for e in members]
-    try:
-        queues = {pool: group_queue(pool) for pool in groups}
-        for pool, members in groups.items():
-            assert wait_for_consumers(node, [queues[pool]], count=len(members))
-        if check_queues is not None:
-            check_queues(queues)
-        for n in range(1, 21):
-            notifier.info({}, "compute.instance.create.end", {"n": n})
-        everyone = [e for members in groups.values() for e in members]
-        assert wait_until(lambda: sum(len(e.received) for e in everyone) >= 20 * 3 + 1)
-        time.sleep(0.5)
-        for pool, members in groups.items():
-            seen = sorted(n for e in members for n in e.received)
-            assert seen == list(range(0 if pool is None else 1, 21)), pool
-            assert all(e.received for e in members), pool
-    finally:
-        for listener in listeners:
-            listener.stop()
-            listener.wait()
-
-
-def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, transports,
+def test_pools_each_group_gets_every_notification(rabbit_node, engine, transports,
                                                    topic):
     a = choose_addresser(CONFIG, RABBIT3)
 
@@ -645,7 +419,7 @@ def test_pools_each_group_gets_every_notification(rabbit_node, engine_impl, tran
 
 
 def test_a_pool_queue_keeps_notifications_while_its_listeners_are_away(
-        rabbit_node, engine_impl, transports, topic):
+        rabbit_node, engine, transports, topic):
     url = pools_url(rabbit_node)
     first = NotificationEndpoint()
     listener = listener_for(transports(url, notification=True), topic, first, "billing")
@@ -670,14 +444,14 @@ def test_a_pool_queue_keeps_notifications_while_its_listeners_are_away(
         listener.wait()
 
 
-def test_a_pool_without_the_option_is_refused(rabbit_node, engine_impl, transports,
+def test_a_pool_without_the_option_is_refused(rabbit_node, engine, transports,
                                               topic):
     transport = transports(rabbit_node.url(), notification=True)
     with pytest.raises(NotImplementedError, match="notification_pools"):
         listener_for(transport, topic, NotificationEndpoint(), pool="billing")
 
 
-def test_pool_declaration_failure_names_the_cause(rabbit_node, engine_impl, transports,
+def test_pool_declaration_failure_names_the_cause(rabbit_node, engine, transports,
                                                   topic):
     # The declaration goes over AMQP 0-9-1 with the URL's credentials; when it
     # cannot, the error names the queue and the cause.
@@ -695,7 +469,7 @@ def test_pool_declaration_failure_names_the_cause(rabbit_node, engine_impl, tran
     assert "127.0.0.1:1" in str(info.value) and "#" in str(info.value)
 
 
-def test_pool_declarations_run_on_no_engine_thread(rabbit_node, engine_impl, transports,
+def test_pool_declarations_run_on_no_engine_thread(rabbit_node, engine, transports,
                                                    topic, monkeypatch):
     # A blocking AMQP 0-9-1 connection must never run on an engine's I/O or event
     # thread: neither the listener's (every connection) nor the notifier's.
@@ -728,7 +502,7 @@ def tls_url(node, **query):
     return node.url(tls=True) + "?ssl=true&" + query
 
 
-def test_tls_rpc_and_pooled_notifications(rabbit_node, engine_impl, transports, topic):
+def test_tls_rpc_and_pooled_notifications(rabbit_node, engine, transports, topic):
     # Verified TLS (the test CA, the server's 127.0.0.1 name) for the AMQP 1.0
     # connection, and for the AMQP 0-9-1 one that declares the pool queues.
     url = tls_url(rabbit_node, ssl_ca_file=rabbit_node.pki.ca, notification_pools="true")
@@ -755,7 +529,7 @@ def test_tls_rpc_and_pooled_notifications(rabbit_node, engine_impl, transports, 
         listener.wait()
 
 
-def test_tls_server_not_trusted_fails_naming_verification(rabbit_node, engine_impl,
+def test_tls_server_not_trusted_fails_naming_verification(rabbit_node, engine,
                                                           transports, topic):
     # No ssl_ca_file: the system CAs, which do not know the test CA.
     client = oslo_messaging.get_rpc_client(
@@ -764,7 +538,7 @@ def test_tls_server_not_trusted_fails_naming_verification(rabbit_node, engine_im
         client.call({}, "add", a=1, b=2)
 
 
-def test_sasl_plain_with_guest(rabbit_node, engine_impl, transports, topic):
+def test_sasl_plain_with_guest(rabbit_node, engine, transports, topic):
     url = rabbit_node.url() + "?sasl_mechanisms=PLAIN"
     rpc_server = start_server(transports(url), Calculator(), topic, "host1")
     try:
@@ -776,7 +550,7 @@ def test_sasl_plain_with_guest(rabbit_node, engine_impl, transports, topic):
         stop(rpc_server)
 
 
-def test_no_credentials_log_in_as_the_plugins_default_user(rabbit_node, engine_impl,
+def test_no_credentials_log_in_as_the_plugins_default_user(rabbit_node, engine,
                                                           transports, topic):
     # ANONYMOUS: the 3.x plugin maps it to amqp1_0.default_user (guest by default).
     url = f"amqp://127.0.0.1:{rabbit_node.port}/"
@@ -787,7 +561,7 @@ def test_no_credentials_log_in_as_the_plugins_default_user(rabbit_node, engine_i
     assert wait_until(lambda: rabbit_node.queues().get(queue, {}).get("messages") == 1)
 
 
-def test_wrong_password_fails_quickly(rabbit_node, engine_impl, transports, topic):
+def test_wrong_password_fails_quickly(rabbit_node, engine, transports, topic):
     client = oslo_messaging.get_rpc_client(
         transports(rabbit_node.url(password="wrong")), oslo_messaging.Target(topic=topic),
         timeout=30)
@@ -799,7 +573,7 @@ def test_wrong_password_fails_quickly(rabbit_node, engine_impl, transports, topi
 
 
 def test_hybrid_rpc_through_a_router_notifications_through_rabbitmq(
-        rabbit_node, engine_impl, transports, topic):
+        rabbit_node, engine, transports, topic):
     """One service: RPC over the embedded router (as qdrouterd), notifications over
     RabbitMQ, each transport choosing its own addressing from its peer."""
     from fastamqp.intermediary import Intermediary

@@ -1,7 +1,7 @@
 """RabbitMQ 4 over native AMQP 1.0: oslo.messaging's public API end to end through
-real RabbitMQ 4.0.5 nodes (Debian 13's package, run from a chroot: tests/rabbit.py,
-scripts/rabbitmq4-chroot), with the queues fastamqp declares itself through the
-broker's management node (fastamqp.addressing.rabbitmq).
+real RabbitMQ 4.0.5 nodes (Debian 13's package, run from a chroot:
+tests/support/rabbit.py, scripts/rabbitmq4-chroot), with the queues fastamqp declares
+itself through the broker's management node (fastamqp.addressing.rabbitmq).
 
 One node serves most of the session, with the v1 addresses denied
 (``deprecated_features.permit.amqp_address_v1 = false``): fastamqp must not need them.
@@ -10,8 +10,9 @@ is marked ``rabbitmq_cluster``.
 
 Each behavioural test runs on both engines (``[python]``, ``[c]``).
 
-The shared fixtures (engine_impl, conf, transports, topic) and helpers come from
-test_rabbitmq.py, so the 3.x and 4.x tests are the same tests where they can be.
+The shared fixtures (conf, transports, topic; the engine is the ``engine`` fixture of
+tests/conftest.py) and helpers come from tests/support/rabbitmq_checks.py, with
+test_rabbitmq.py's, so the 3.x and 4.x tests are the same tests where they can be.
 """
 import json
 import os
@@ -26,15 +27,13 @@ import pytest
 from fastamqp.addressing import rabbitmq
 from fastamqp.addressing import AddressingConfig, choose_addresser
 
-import rabbit
-from engines import ENGINE_TESTS_DONE
-from test_rabbitmq import (Calculator, NotificationEndpoint, T, TIMEOUT,  # noqa: F401
-                           conf, each_group_gets_every_notification, engine_impl,
-                           heartbeats_keep_a_slow_call_alive,
-                           listener_for, notifications_are_stored_and_listeners_compete,
-                           rpc_patterns, start_server, stop, topic, transports,
-                           wait_for_consumers,
-                           wait_until)
+from support import rabbit
+from support.engines import ENGINE_TESTS_DONE
+from support.rabbitmq_checks import (  # noqa: F401 (fixtures)
+    Calculator, NotificationEndpoint, T, TIMEOUT, conf, each_group_gets_every_notification,
+    heartbeats_keep_a_slow_call_alive, listener_for,
+    notifications_are_stored_and_listeners_compete, rpc_patterns, start_server, stop,
+    topic, transports, wait_for_consumers, wait_until)
 
 RABBIT4 = {"product": "RabbitMQ", "version": "4.0.5"}
 CONFIG = AddressingConfig(default_exchange="openstack")
@@ -113,12 +112,12 @@ def test_node_is_rabbitmq_4_with_v1_addresses_denied(rabbit4):
 
 # ---- oslo.messaging through RabbitMQ 4 ----------------------------------------------
 
-def test_rpc_patterns(rabbit4, engine_impl, transports, topic):
+def test_rpc_patterns(rabbit4, engine, transports, topic):
     # listen() declared and bound the queues before returning: nothing to wait for.
     rpc_patterns(rabbit4.url(), transports, topic)
 
 
-def test_queues_fastamqp_declares(rabbit4, engine_impl, transports, topic):
+def test_queues_fastamqp_declares(rabbit4, engine, transports, topic):
     url = rabbit4.url() + f"?rabbit_transient_queues_ttl={TTL}"
     rpc_server = start_server(transports(url), Calculator(), topic, "host1")
     replies_before = set(reply_queues(rabbit4))
@@ -154,7 +153,7 @@ def test_queues_fastamqp_declares(rabbit4, engine_impl, transports, topic):
     assert wait_until(lambda: not replies & set(rabbit4.queues()), timeout=TTL + 10)
 
 
-def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit4, engine_impl,
+def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit4, engine,
                                                              transports, topic):
     url = rabbit4.url()
     endpoints = [Calculator() for _ in range(3)]
@@ -179,7 +178,7 @@ def test_fanout_reaches_every_server_and_anycast_reaches_one(rabbit4, engine_imp
 
 
 def test_call_to_a_topic_nobody_serves_fails_within_its_timeout(
-        rabbit4, engine_impl, transports, topic):
+        rabbit4, engine, transports, topic):
     # No server ever listened: no queue is bound for the key, and amq.direct answers
     # released; sent again while the deadline allows, then a failure that says so.
     client = oslo_messaging.get_rpc_client(
@@ -192,7 +191,7 @@ def test_call_to_a_topic_nobody_serves_fails_within_its_timeout(
     assert time.monotonic() - started < 6
 
 
-def test_a_stopped_server_s_queue_keeps_requests(rabbit4, engine_impl, transports,
+def test_a_stopped_server_s_queue_keeps_requests(rabbit4, engine, transports,
                                                  topic):
     # Once a server has listened, its topic's queue exists (shared queues do not
     # expire): a cast sent while no server runs waits there for the next one.
@@ -217,7 +216,7 @@ def test_a_stopped_server_s_queue_keeps_requests(rabbit4, engine_impl, transport
         stop(rpc_server)
 
 
-def test_at_least_once_reports_no_server_at_once(rabbit4, engine_impl, transports,
+def test_at_least_once_reports_no_server_at_once(rabbit4, engine, transports,
                                                  topic):
     # amq.direct answers released when no queue is bound for the key: what the
     # rabbit driver's mandatory flag reports.
@@ -230,14 +229,14 @@ def test_at_least_once_reports_no_server_at_once(rabbit4, engine_impl, transport
     assert time.monotonic() - started < 5
 
 
-def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit4, engine_impl,
+def test_call_monitor_heartbeats_keep_a_slow_call_alive(rabbit4, engine,
                                                         transports, topic):
     # RabbitMQ 4.0 ends the session of a body-less message: heartbeats carry an
     # empty data section there.
     heartbeats_keep_a_slow_call_alive(rabbit4.url(), transports, topic)
 
 
-def test_notifications_are_stored_and_listeners_compete(rabbit4, engine_impl,
+def test_notifications_are_stored_and_listeners_compete(rabbit4, engine,
                                                         transports, topic):
     # 4.x: the notifier declared the topic's queue before its first notification.
     [queue] = a4().notification_queues([T(topic=f"{topic}.info")])
@@ -245,14 +244,14 @@ def test_notifications_are_stored_and_listeners_compete(rabbit4, engine_impl,
                                                    topic, queue.name)
 
 
-def test_pools_each_group_gets_every_notification(rabbit4, engine_impl, transports,
+def test_pools_each_group_gets_every_notification(rabbit4, engine, transports,
                                                   topic):
     each_group_gets_every_notification(
         rabbit4, rabbit4.url() + "?notification_pools=true", transports, topic,
         lambda pool: a4().group_queue(T(topic=f"{topic}.info"), pool).name)
 
 
-def test_quorum_queues_option(rabbit4, engine_impl, transports, topic):
+def test_quorum_queues_option(rabbit4, engine, transports, topic):
     url = rabbit4.url() + "?rabbit_quorum_queue=true"
     endpoint = Calculator()
     rpc_server = start_server(transports(url), endpoint, topic, "host1")
@@ -294,7 +293,7 @@ def limited_user(rabbit4):
     rabbit4.ctl("delete_user", user, check=False)
 
 
-def test_a_missing_permission_is_named(rabbit4, engine_impl, transports, topic,
+def test_a_missing_permission_is_named(rabbit4, engine, transports, topic,
                                        limited_user):
     # RabbitMQ allows the login from loopback for users other than guest.
     url = rabbit4.url(user=limited_user, password="secret")
@@ -321,7 +320,7 @@ def test_a_missing_permission_is_named(rabbit4, engine_impl, transports, topic,
         client.call({}, "add", a=1, b=2)
 
 
-def test_fastamqp_check(rabbit4, engine_impl):
+def test_fastamqp_check(rabbit4, engine):
     import io
     from fastamqp.tools import check
     out, err = io.StringIO(), io.StringIO()
@@ -334,7 +333,7 @@ def test_fastamqp_check(rabbit4, engine_impl):
     assert "round trip" in text and text.rstrip().endswith("OK")
 
 
-def test_fastamqp_check_names_a_refused_declaration(rabbit4, engine_impl, limited_user):
+def test_fastamqp_check_names_a_refused_declaration(rabbit4, engine, limited_user):
     import io
     from fastamqp.tools import check
     out, err = io.StringIO(), io.StringIO()
@@ -369,7 +368,7 @@ def node_pair():
         down.remove()
 
 
-def test_failover_to_another_node_declares_everything_there(engine_impl, node_pair,
+def test_failover_to_another_node_declares_everything_there(engine, node_pair,
                                                             transports, topic):
     """Every client on node X (the only one up); Y starts, X stops: servers, callers
     and notifiers move to Y, where nothing was declared before, and work there."""
@@ -447,7 +446,7 @@ def assert_no_cast_lost(sent, received, client):
     assert whole, f"lost {lost} of {len(sent)} casts"
 
 
-def test_node_restarted_under_load_loses_no_cast(engine_impl, node_pair, transports,
+def test_node_restarted_under_load_loses_no_cast(engine, node_pair, transports,
                                                  topic):
     node = next(n for n in node_pair if n.process is not None
                 and n.process.poll() is None)

@@ -10,10 +10,11 @@ import sys
 import pytest
 
 from fastamqp import engine
+from support import paths
 
 pytestmark = [pytest.mark.c_only, pytest.mark.soak]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = paths.ROOT
 
 
 def test_soak_20000_messages_rss_stays_flat():

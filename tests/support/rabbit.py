@@ -44,7 +44,7 @@ EPMD = shutil.which("epmd") or "/usr/bin/epmd"
 CHROOT4 = os.environ.get("FASTAMQP_RABBITMQ4_CHROOT", "/var/lib/fastamqp/rabbitmq4-chroot")
 CHROOT4_MARKER = ".fastamqp-rabbitmq4-ready"
 CHROOT4_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                              "scripts", "rabbitmq4-chroot")
+                              os.pardir, "scripts", "rabbitmq4-chroot")
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import paths
+
+ROOT = paths.ROOT
 CMAKE = shutil.which("cmake")
 
 pytestmark = pytest.mark.skipif(

@@ -8,7 +8,7 @@ oslo_messaging/_drivers/impl_amqp1.py 14.9.3 did it (marshal_request, marshal_re
 unmarshal_request, unmarshal_response, ProtonIncomingMessage.heartbeat, send()), with
 json.dumps standing in for oslo_serialization.jsonutils.dumps (same text for JSON data).
 Our JSON text is not the stdlib's byte for byte (orjson writes it without spaces and
-with raw UTF-8, tests/test_json.py); what must agree is what every side decodes.
+with raw UTF-8, tests/unit/test_json.py); what must agree is what every side decodes.
 """
 import json
 import math
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from fastamqp.exceptions import CodecError
 from fastamqp.message import HEARTBEAT, REPLY, REQUEST, MAX_TTL_MS, DecodedMessage
 
-import amqp_strict
+from support import amqp_strict
 
 # ---------------------------------------------------------------------------------------
 # strategies
