@@ -238,7 +238,8 @@ def bus(request):
 
 @pytest.fixture
 def conf():
-    # oslo.messaging 18.3's tracing options live on the global CONF (tests/test_driver).
+    # oslo.messaging 18.3's tracing options live on the global CONF
+    # (tests/driver/test_driver.py).
     cfg.CONF.reset()
     yield cfg.CONF
     cfg.CONF.reset()

@@ -1,5 +1,5 @@
 """An oslo.messaging peer on the ORIGINAL amqp driver (14.9.3, impl_amqp1 + pyngus), for
-the interoperability tests (tests/test_interop.py). Never imports fastamqp.
+the interoperability tests (tests/interop/test_interop.py). Never imports fastamqp.
 
 The JSON request is the first line of stdin. ``"mode"`` selects what to do:
 
