@@ -15,7 +15,7 @@ Drivers (``--only`` takes a comma-separated subset of these names):
 * ``orig``    the original driver: oslo.messaging 14.9.3 + pyngus, in .venv-orig
               (scripts/setup-env-original makes it; it registers ``amqp://`` itself)
 * ``rabbit``  oslo.messaging 18.x's rabbit driver (``rabbit://``, AMQP 0-9-1) against a
-              private RabbitMQ node (tests/rabbit.py) on free ports
+              private RabbitMQ node (tests/support/rabbit.py) on free ports
 * ``c-rabbit`` fastamqp C engine over that RabbitMQ's AMQP 1.0 plugin (3.x), or its
               native AMQP 1.0 with ``--rabbitmq 4`` (a 4.x node from the Debian 13
               chroot of scripts/rabbitmq4-chroot; both drivers on that one node)
@@ -213,11 +213,12 @@ def start_intermediary(mode, env, engine):
 
 
 class Rabbit:
-    """A private RabbitMQ node, via tests/rabbit.py (not modified, imported by path)."""
+    """A private RabbitMQ node, via tests/support/rabbit.py (not modified, imported by
+    path)."""
 
     def __init__(self, generation=3):
         spec = importlib.util.spec_from_file_location(
-            "fastamqp_e2e_rabbit", os.path.join(ROOT, "tests", "rabbit.py"))
+            "fastamqp_e2e_rabbit", os.path.join(ROOT, "tests", "support", "rabbit.py"))
         self.mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(self.mod)
         why = self.mod.installed() if generation < 4 else self.mod.chroot4_missing()

@@ -1,9 +1,17 @@
-"""Shared fixtures: every behavioural codec test runs on both engines.
+"""Shared fixtures and the tiers.
 
-``codec`` is parametrized over the C extension (id ``c``) and the pure-Python reference
-(id ``python``). With ``FASTAMQP_PUREPYTHON=1`` the ``c`` parameter is skipped; without it,
-a missing C extension is an error, never a skip (see also
-tests/test_engine_selection.py::test_c_engine_present).
+Tiers: each folder of tests/ is one tier, and every test in it gets the tier's marker
+(``pytest_collection_modifyitems`` below; the markers are registered in pyproject.toml):
+unit, engine, driver, interop, intermediary, fuzz, soak, benchmarks. ``-m engine`` runs
+one tier, ``-m "not fuzz"`` leaves one out (tests/README.md). Helpers and shared
+fixtures live in the ``support`` package, never in a test module.
+
+Engines: ONE selection (tests/support/engines.py). The ``engine`` fixture is
+parametrized over the engines of this install (``python``, and ``c`` unless
+FASTAMQP_PUREPYTHON=1); without FASTAMQP_PUREPYTHON a missing C engine is a failure
+naming its import error, never a skip. It puts its engine in place as
+``fastamqp.engine.Connection`` for the test, so that the driver (and ``fastamqp
+check``) build it. The ``codec`` fixture is the same selection for the codec tests.
 
 Hypothesis profiles (select with ``HYPOTHESIS_PROFILE=<name>``):
   default   100 examples per test, no deadline (the first C call may be slow)
@@ -15,7 +23,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from fastamqp import engine
+import fastamqp.engine
+from support import engines
 
 settings.register_profile(
     "default", max_examples=100, deadline=None,
@@ -28,43 +37,53 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-PUREPYTHON_REASON = "FASTAMQP_PUREPYTHON=1: the C engine is disabled in this run"
+TIERS = ("unit", "engine", "driver", "interop", "intermediary", "fuzz", "soak",
+         "benchmarks")
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def c_codec_or_fail():
-    """The C codec; skip under FASTAMQP_PUREPYTHON=1, fail loudly when it is missing."""
-    if engine.PUREPYTHON:
-        pytest.skip(PUREPYTHON_REASON)
-    if engine.c_codec is None:
-        pytest.fail(f"the C codec (fastamqp._core) is not importable: "
-                    f"{engine.c_import_error!r}; build it, or set "
-                    f"FASTAMQP_PUREPYTHON=1 to test the pure-Python engine only",
-                    pytrace=False)
-    return engine.c_codec
+def pytest_collection_modifyitems(config, items):
+    """The tier marker of each test, from the folder it is in."""
+    for item in items:
+        rel = os.path.relpath(str(item.path), TESTS_DIR)
+        tier = rel.split(os.sep, 1)[0]
+        if tier in TIERS:
+            item.add_marker(tier)
+
+
+@pytest.fixture(params=engines.params())
+def engine(request, monkeypatch):
+    """The connection engine for this test (a support.engines.Engine: ``.name``,
+    ``.connection``, ``.codec``, ``.child_env()``), also installed as
+    ``fastamqp.engine.Connection`` for the test."""
+    eng = request.param
+    monkeypatch.setattr(fastamqp.engine, "Connection", eng.connection)
+    return eng
 
 
 # Session scope: hypothesis refuses function-scoped fixtures in @given tests, and the
-# codec modules are stateless from the tests' point of view.
-@pytest.fixture(scope="session", params=["c", "python"], ids=["c", "python"])
+# codec modules are stateless from the tests' point of view. Not subject to
+# FASTAMQP_ENGINE_TESTS_DONE: the codec tests keep their [python] half in the pure run.
+@pytest.fixture(scope="session", params=engines.params(honour_done=False))
 def codec(request):
-    if request.param == "c":
-        return c_codec_or_fail()
-    return engine.py_codec
+    return request.param.codec
 
 
 @pytest.fixture(scope="session")
 def both_codecs():
     """(c, python) for differential tests."""
-    return c_codec_or_fail(), engine.py_codec
+    if engines.PUREPYTHON:
+        pytest.skip("FASTAMQP_PUREPYTHON=1: there is no C engine in this install")
+    return engines.require_c("c_codec"), fastamqp.engine.py_codec
 
 
-ORIGINAL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "original")
+ORIGINAL_DIR = os.path.join(TESTS_DIR, "support", "original")
 
 
 @pytest.fixture(scope="session")
 def original():
-    """Run a script of tests/original/ with the ORIGINAL driver's Python (oslo.messaging
-    14.9.3, made by scripts/setup-env-original; scripts/test sets
+    """Run a script of tests/support/original/ with the ORIGINAL driver's Python
+    (oslo.messaging 14.9.3, made by scripts/setup-env-original; scripts/test sets
     FASTAMQP_ORIGINAL_PYTHON): ``original("addresses.py", request) -> answer``."""
     import json
     import subprocess
