@@ -20,7 +20,8 @@ import sys
 
 LAYERS = [
     # (layer, substrings of the leaf frame's file name), first match wins
-    ("fastamqp C engine (wrapper + _io.so)", ("fastamqp/engine/c/connection.py", "fastamqp/engine/c/_io")),
+    ("fastamqp connection front (both engines)", ("fastamqp/engine/front.py", "fastamqp/engine/control.py")),
+    ("fastamqp C engine (_io.so)", ("fastamqp/engine/c/",)),
     ("fastamqp pure-Python engine", ("fastamqp/engine/pure/",)),
     ("fastamqp intermediary", ("fastamqp/intermediary/",)),
     ("fastamqp driver (driver.py, codec, ...)", ("fastamqp/",)),

@@ -2,10 +2,13 @@
 
 Layout:
   interface.py  what the driver asks of an engine (Connection, SendResult, ...)
-  control.py    what both engines decide alike: status, refusals, SASL/TLS settings
-  policy.py     the I/O-thread rules both engines apply, as data
-  c/            the C engine: connection.py over _io.pyx over fa_io.c (no GIL inside)
-  pure/         the pure-Python reference engine on pyngus, and the pure codec
+  front.py      the connection front: interface.Connection, once, over an I/O layer
+  iolayer.py    what the front asks of an I/O layer, and the constants they share
+  control.py    what the front decides about hosts: status, refusals, SASL/TLS settings
+  policy.py     the I/O-thread rules both I/O layers apply, as data
+  c/            the C engine: connection.py binds the front to _io.pyx over fa_io.c
+  pure/         the pure-Python engine: connection.py binds the front to io.py (pyngus);
+                and the pure codec
 
 ``FASTAMQP_PUREPYTHON=1`` in the environment at import time forces the pure-Python
 engine. Otherwise the C extension is used; if it was built but cannot be imported, that

@@ -1,9 +1,9 @@
 """What both connection engines decide the same way: connection status, refusals and
 the errors callers see, and the SASL and TLS settings made for each host.
 
-The pure-Python engine (``pure.connection``) and the C engine (``c.connection``) differ in
-how they move frames; everything here is about *who* we connect to and *why* a host
-would not have us, so it lives once:
+The connection front (``front.py``) uses it for both engines, which differ only in how
+their I/O layers move frames; everything here is about *who* we connect to and *why* a
+host would not have us:
 
 * SASL and TLS are configured afresh for EVERY connection from the host being
   connected to: the certificate name checked is that host's (the original driver once
@@ -21,6 +21,7 @@ import threading
 import time
 
 from fastamqp import exceptions
+from fastamqp.engine import iolayer
 
 LOG = logging.getLogger("fastamqp.connection")
 # What the I/O thread did with confirmed and fanout sends whose callers had gone on
@@ -35,8 +36,8 @@ def window_full_text(address, settings):
             f"and the one to {address} got no outcome either (a slow or stuck "
             f"consumer; see [oslo_messaging_amqp] send_window)")
 
-# Proton's SASL outcomes (pn_sasl_outcome_t).
-SASL_NONE, SASL_OK, SASL_AUTH = -1, 0, 1
+# Proton's SASL outcomes, as the I/O layers report them.
+SASL_NONE, SASL_OK, SASL_AUTH = iolayer.SASL_NONE, iolayer.SASL_OK, iolayer.SASL_AUTH
 
 
 class ControlPlane:
@@ -209,20 +210,6 @@ class ControlPlane:
     def _ca_file(self):
         return ca_file(self._settings)
 
-    def _tls_props(self, host):
-        """TLS properties in pyngus' terms, built for THIS host on every connection."""
-        settings = self._settings
-        if not settings.tls:
-            return {}
-        props = {"x-ssl-ca-file": self._ca_file(),
-                 "x-ssl-verify-mode": "verify-peer",
-                 "x-ssl-peer-name": self._peer_name(host)}
-        if settings.ssl_cert_file:
-            props["x-ssl-identity"] = (settings.ssl_cert_file,
-                                       settings.ssl_key_file or settings.ssl_cert_file,
-                                       settings.ssl_key_password)
-        return props
-
     def _tls_config_failed(self, index, ca_file):
         """The client certificate, its key or the CA file could not be loaded. Never
         the password."""
@@ -260,8 +247,8 @@ _TLS_MARKERS = ("SSL Failure", "certificate verify failed", "SSL routines", "TLS
 
 
 def sasl_props(settings, host):
-    """SASL properties for ``host`` (its own user and password), in pyngus' terms;
-    the C engine reads the same keys."""
+    """SASL properties for ``host`` (its own user and password), in pyngus' terms
+    (the front hands the I/O layers user, password and mechanisms from them)."""
     props = {}
     mechs = " ".join(settings.sasl_mechanisms.upper().split())
     if host.username:

@@ -1,7 +1,8 @@
 """The engine interface: what the driver asks of a connection engine.
 
-Both engines -- the C one (``_core``, native I/O thread) and the pure-Python reference
-(``engine.pure.connection``, on pyngus) -- implement :class:`Connection`. The driver speaks
+Both engines -- the C one (``engine.c.connection``, native I/O thread) and the
+pure-Python reference (``engine.pure.connection``, on pyngus) -- implement
+:class:`Connection`, with one front (``engine.front``) over two I/O layers. The driver speaks
 only this interface and AMQP message bytes from ``fastamqp.codec``; it never sees a
 Proton or pyngus object. All methods are safe to call from any thread.
 

@@ -270,6 +270,18 @@ def test_the_engines_share_their_policies():
                           "RECONNECT_STEADY": policy.RECONNECT_STEADY}
 
 
+@pytest.mark.skipif(c_connection is None, reason="the C engine is not built here")
+def test_the_io_layers_share_their_constants():
+    # fa_io.h (through _io) and fastamqp.engine.iolayer each state the op states,
+    # outcome and error codes, event kinds and send flags; they must agree.
+    from fastamqp.engine import iolayer
+    from fastamqp.engine.c import _io
+    from fastamqp.engine.pure import io as pure_io
+    assert {name: getattr(_io, name, None) for name in iolayer.TABLE} == iolayer.TABLE
+    assert {name: getattr(pure_io, name, None) for name in iolayer.TABLE} == iolayer.TABLE
+    assert _io.SOURCE_SEP == pure_io.SOURCE_SEP == iolayer.SOURCE_SEP
+
+
 def test_released_pauses_grow_and_stay_short():
     pauses = [policy.released_pause(n, 10) for n in range(8)]
     assert pauses[0] == policy.RELEASED_PAUSE_FIRST

@@ -270,13 +270,14 @@ def test_failover_verifies_the_name_of_the_host_it_fails_over_to(connect, im, pk
     round_trip(conn, "unicast.security.failover")
 
 
-def test_tls_props_are_made_per_host(engine, pki):
+def test_tls_peer_names_are_made_per_host(engine, pki):
+    # What the front hands the I/O layer for each host: its own certificate name.
     conn = engine.connection([Host()], ConnectionSettings(container_id="x",
                                                           ssl_ca_file=pki.ca))
-    assert conn._tls_props(Host("a.example"))["x-ssl-peer-name"] == "a.example"
-    assert conn._tls_props(Host("b.example"))["x-ssl-peer-name"] == "b.example"
+    assert conn._io_host(Host("a.example"))[5] == "a.example"
+    assert conn._io_host(Host("b.example"))[5] == "b.example"
     plain = engine.connection([Host()], ConnectionSettings(container_id="y"))
-    assert plain._tls_props(Host("a.example")) == {}
+    assert plain._io_host(Host("a.example"))[5] is None
 
 
 def test_no_secret_in_reprs(pki):

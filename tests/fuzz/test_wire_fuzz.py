@@ -376,7 +376,7 @@ def run_fuzz(transports, count, seed, batch=BATCH, oversized=OVERSIZED, progress
 # The kinds that used to kill the pure-Python engine's I/O thread, when pyngus decoded
 # every transfer with proton.Message.decode() before fastamqp saw the bytes (and handed
 # on proton's re-encoding, which dropped trailing garbage). The engine now takes the raw
-# bytes (fastamqp/engine/pure/connection.py: _receive_raw); each kind keeps its own test.
+# bytes (fastamqp/engine/pure/io.py: _receive_raw); each kind keeps its own test.
 ONCE_FATAL_KINDS = ("empty", "invalid-utf8-value", "mutated", "trailing-garbage")
 
 

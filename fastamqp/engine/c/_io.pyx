@@ -1,9 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The Python face of the C connection engine (engine/c/fa_io.c).
+"""The C I/O layer (fastamqp.engine.iolayer) over the native I/O thread of
+engine/c/fa_io.c.
 
 Thin on purpose: each object here owns one reference to a C object and releases it in
 ``__dealloc__``; waits drop the GIL. The connection logic that needs Python (addresses
-computed from the peer, errors, eventlet) is in fastamqp/engine/c/connection.py.
+computed from the peer, errors, eventlet) is the connection front,
+fastamqp/engine/front.py.
 """
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -79,6 +81,7 @@ cdef extern from "fa_io.h" nogil:
 
     enum:
         FA_PENDING, FA_DONE, FA_FAILED
+        FA_ACCEPTED, FA_RELEASED, FA_MODIFIED, FA_REJECTED
         FA_EV_OPENED, FA_EV_ACTIVE, FA_EV_REPLY_READY, FA_EV_LOST, FA_EV_CONFIG_FAILED
         FA_EV_STOPPED, FA_EV_WAKE, FA_EV_LOG
         FA_ERR_NONE, FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT, FA_ERR_SEND_FAILURE
@@ -86,6 +89,7 @@ cdef extern from "fa_io.h" nogil:
         FA_SEND_CONFIRM, FA_SEND_FANOUT
     double FA_RELEASED_PAUSE_FIRST, FA_RELEASED_PAUSE_MAX, FA_FANOUT_CREDIT_WAIT
     double FA_RECONNECT_STEADY
+    char FA_SOURCE_SEP
     ctypedef struct fa_stats:
         long held, window, waiting_for_room, settled, resent_released
         long resent_after_loss, possibly_duplicated, rejected, given_up, fanout_dropped
@@ -143,16 +147,22 @@ cdef extern from "fa_io.h" nogil:
     void fa_rec_free(fa_rec *rec)
 
 
-# Re-exported for fastamqp/engine/c/connection.py.
+# The constants of fastamqp.engine.iolayer.TABLE, as fa_io.h has them (a test checks
+# that they agree).
 PENDING, DONE, FAILED = FA_PENDING, FA_DONE, FA_FAILED
+ACCEPTED, RELEASED, MODIFIED, REJECTED = FA_ACCEPTED, FA_RELEASED, FA_MODIFIED, FA_REJECTED
 EV_OPENED, EV_ACTIVE, EV_REPLY_READY, EV_LOST = (FA_EV_OPENED, FA_EV_ACTIVE,
                                                  FA_EV_REPLY_READY, FA_EV_LOST)
 EV_CONFIG_FAILED, EV_STOPPED, EV_WAKE = FA_EV_CONFIG_FAILED, FA_EV_STOPPED, FA_EV_WAKE
 EV_LOG = FA_EV_LOG
-ERR_TIMEOUT, ERR_NO_CREDIT, ERR_SEND_FAILURE = (FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT,
-                                                FA_ERR_SEND_FAILURE)
+ERR_NONE, ERR_TIMEOUT, ERR_NO_CREDIT, ERR_SEND_FAILURE = (
+    FA_ERR_NONE, FA_ERR_TIMEOUT, FA_ERR_NO_CREDIT, FA_ERR_SEND_FAILURE)
 ERR_CLOSED, ERR_LOST, ERR_WINDOW = FA_ERR_CLOSED, FA_ERR_LOST, FA_ERR_WINDOW
 SEND_CONFIRM, SEND_FANOUT = FA_SEND_CONFIRM, FA_SEND_FANOUT
+SOURCE_SEP = chr(FA_SOURCE_SEP)
+# A wait here blocks the OS thread (GIL released): under eventlet the front asks for
+# FA_EV_WAKE events and waits on green Events instead.
+GREEN_WAITS = False
 # The I/O thread's policies (fa_io.h), for the test that checks fastamqp.engine.policy.
 POLICY = {"RELEASED_PAUSE_FIRST": FA_RELEASED_PAUSE_FIRST,
           "RELEASED_PAUSE_MAX": FA_RELEASED_PAUSE_MAX,

@@ -1,7 +1,9 @@
 /* The C connection engine; see fa_io.h for the threading and ownership rules.
  *
- * Behaviour mirrors the pure-Python reference (fastamqp/engine/pure/connection.py) test for
- * test (tests/test_connection.py, test_confirmed.py, test_faults.py run on both):
+ * This is the C I/O layer under the connection front (fastamqp/engine/front.py; the
+ * interface is fastamqp/engine/iolayer.py). Behaviour mirrors the pure-Python I/O layer
+ * (fastamqp/engine/pure/io.py) test for test (tests/engine/test_io_contract.py, and
+ * test_connection.py, test_confirmed.py, test_faults.py run on both engines):
  * failover round robin, an attempt at once after a loss, then the back-off; pre-settled
  * sends complete once queued on a link with credit for them (cview) or once their
  * bytes have left through the socket; confirmed sends once taken into the window
@@ -1672,7 +1674,7 @@ static rlink *attach_receiver(fa_io *io, fa_sub *sub, const char *entry, int cre
         /* A named reply queue (RabbitMQ): ask for its messages settled. Replies are
          * sent pre-settled anyway and the queue is this connection's own, so an
          * acknowledgement would only cost the broker and us a disposition per call
-         * (_pure.connection._ReplyLink does the same). */
+         * (pure/io.py's _ReplyLink does the same). */
         pn_link_set_snd_settle_mode(r->link, PN_SND_SETTLED);
     }
     pn_link_set_context(r->link, r);
