@@ -146,11 +146,10 @@ def _ttl_ms(seconds):
     return min(max(int(seconds * 1000), 0), _message.MAX_TTL_MS)
 
 
-def encode_request(address, request, context, *, message_id=None, reply_to=None,
-                   timeout=None, call_monitor_timeout=None, envelope=False,
-                   serializer=_ser.JSON, now=None, non_durable=False):
-    """RPC call or cast (``message_id``/``reply_to`` for calls), or a notification.
-    ``non_durable``: the header says durable = false explicitly (message.py)."""
+def _request_body(address, request, context, message_id, reply_to, timeout,
+                  call_monitor_timeout, envelope, serializer):
+    """A request's arguments checked, and its body: for both encoders (the message
+    path and the cffi path below)."""
     _ser.check_serializer(serializer)
     _check_address("address", address)
     if envelope:
@@ -158,17 +157,46 @@ def encode_request(address, request, context, *, message_id=None, reply_to=None,
     data = {"request": request, "context": context}
     if call_monitor_timeout is not None:
         data["call_monitor_timeout"] = call_monitor_timeout
-    msg = _new_message(address, serializer, data)
     if message_id is not None:
         _check_id("message_id", message_id)
-        msg.id = message_id
     if reply_to is not None:
         _check_address("reply_to", reply_to)
-        msg.reply_to = reply_to
     if timeout is not None:
         _message.check_finite("timeout", timeout)
     if call_monitor_timeout is not None:
         _message.check_finite("call_monitor_timeout", call_monitor_timeout)
+    return data
+
+
+def _reply_body(address, correlation_id, response, failure, serializer):
+    """A reply's arguments checked, and its body (both encoders)."""
+    _ser.check_serializer(serializer)
+    _check_address("address", address)
+    _check_id("correlation_id", correlation_id)
+    if failure is not None and not isinstance(failure, str):
+        raise CodecError("failure must be the serialized exception (str)")
+    return {"failure": failure} if failure else {"response": response}
+
+
+def _check_heartbeat(address, correlation_id, ttl):
+    _check_address("address", address)
+    _check_id("correlation_id", correlation_id)
+    if ttl is not None:
+        _message.check_finite("ttl", ttl)
+
+
+def encode_request(address, request, context, *, message_id=None, reply_to=None,
+                   timeout=None, call_monitor_timeout=None, envelope=False,
+                   serializer=_ser.JSON, now=None, non_durable=False):
+    """RPC call or cast (``message_id``/``reply_to`` for calls), or a notification.
+    ``non_durable``: the header says durable = false explicitly (message.py)."""
+    data = _request_body(address, request, context, message_id, reply_to, timeout,
+                         call_monitor_timeout, envelope, serializer)
+    msg = _new_message(address, serializer, data)
+    if message_id is not None:
+        msg.id = message_id
+    if reply_to is not None:
+        msg.reply_to = reply_to
     if timeout:
         # Set in milliseconds through the C layer: a round trip through Message's
         # float-seconds properties can lose a millisecond.
@@ -188,12 +216,7 @@ def encode_notification(address, message, context, version=2.0, *,
 def encode_reply(address, correlation_id, response=None, failure=None, *,
                  serializer=_ser.JSON, non_durable=False):
     """RPC reply: ``failure`` is the serialized remote exception (a JSON string)."""
-    _ser.check_serializer(serializer)
-    _check_address("address", address)
-    _check_id("correlation_id", correlation_id)
-    if failure is not None and not isinstance(failure, str):
-        raise CodecError("failure must be the serialized exception (str)")
-    data = {"failure": failure} if failure else {"response": response}
+    data = _reply_body(address, correlation_id, response, failure, serializer)
     msg = _new_message(address, serializer, data)
     msg.correlation_id = correlation_id
     return _encode(msg, non_durable)
@@ -201,10 +224,7 @@ def encode_reply(address, correlation_id, response=None, failure=None, *,
 
 def encode_heartbeat(address, correlation_id, ttl, *, non_durable=False):
     """Call-monitor heartbeat: no body section, just correlation-id and ttl."""
-    _check_address("address", address)
-    _check_id("correlation_id", correlation_id)
-    if ttl is not None:
-        _message.check_finite("ttl", ttl)
+    _check_heartbeat(address, correlation_id, ttl)
     msg = proton.Message()
     msg.address = address
     msg.correlation_id = correlation_id
@@ -381,21 +401,8 @@ def _start(msg, address, serializer, data):
 def _fast_encode_request(address, request, context, *, message_id=None, reply_to=None,
                          timeout=None, call_monitor_timeout=None, envelope=False,
                          serializer=_ser.JSON, now=None, non_durable=False):
-    _ser.check_serializer(serializer)
-    _check_address("address", address)
-    if envelope:
-        request = _message.envelope(_ser.dumps_json(request).decode("utf-8"))
-    data = {"request": request, "context": context}
-    if call_monitor_timeout is not None:
-        data["call_monitor_timeout"] = call_monitor_timeout
-    if message_id is not None:
-        _check_id("message_id", message_id)
-    if reply_to is not None:
-        _check_address("reply_to", reply_to)
-    if timeout is not None:
-        _message.check_finite("timeout", timeout)
-    if call_monitor_timeout is not None:
-        _message.check_finite("call_monitor_timeout", call_monitor_timeout)
+    data = _request_body(address, request, context, message_id, reply_to, timeout,
+                         call_monitor_timeout, envelope, serializer)
     scratch = _acquire()
     try:
         msg = scratch.msg
@@ -421,16 +428,11 @@ def _fast_encode_notification(address, message, context, version=2.0, *,
 
 def _fast_encode_reply(address, correlation_id, response=None, failure=None, *,
                        serializer=_ser.JSON, non_durable=False):
-    _ser.check_serializer(serializer)
-    _check_address("address", address)
-    _check_id("correlation_id", correlation_id)
-    if failure is not None and not isinstance(failure, str):
-        raise CodecError("failure must be the serialized exception (str)")
+    data = _reply_body(address, correlation_id, response, failure, serializer)
     scratch = _acquire()
     try:
         msg = scratch.msg
-        _start(msg, address, serializer,
-               {"failure": failure} if failure else {"response": response})
+        _start(msg, address, serializer, data)
         cproton.pn_message_set_correlation_id(msg, correlation_id)
         return scratch.encode(non_durable)
     finally:
@@ -438,10 +440,7 @@ def _fast_encode_reply(address, correlation_id, response=None, failure=None, *,
 
 
 def _fast_encode_heartbeat(address, correlation_id, ttl, *, non_durable=False):
-    _check_address("address", address)
-    _check_id("correlation_id", correlation_id)
-    if ttl is not None:
-        _message.check_finite("ttl", ttl)
+    _check_heartbeat(address, correlation_id, ttl)
     scratch = _acquire()
     try:
         msg = scratch.msg
